@@ -1,0 +1,369 @@
+"""The gateway as one ASGI application: canonicalise, decide, challenge or forward."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .audit import Audit
+from .config import Settings
+from .endpoints import Endpoints
+from .factors import Factor, RecoveryFactor, TotpFactor
+from .identity import IdentitySource, make_identity
+from .keys import KeyRing
+from .paths import CanonicalPath, canonicalize
+from .policies import NeedBody, Requirement, RequestView, Rule
+from .problems import Headers, Problem
+from .proxy import AiohttpForwarder, Forwarder, HeaderPolicy, UpstreamError
+from .store import Store, StoreUnavailable, open_store
+from .tokens import Bound, Signer, Token, token_fits
+from .wire import (ClientGone, Receive, Scope, Send, check_framing, header, read_body,
+                   send_problem, stream_body)
+
+log = logging.getLogger("stepgate")
+
+MANAGE_RULE = "stepgate:manage"
+
+
+def store_down() -> Problem:
+    return Problem(503, "store-unavailable", "Service unavailable",
+                   detail="the gateway cannot reach its store; protected routes are closed",
+                   headers=[(b"retry-after", b"5")])
+
+
+class Gateway:
+    """``create_app`` builds one; everything that varies is injected."""
+
+    def __init__(self, settings: Settings, *, store: Store | None = None,
+                 forwarder: Forwarder | None = None, keys: KeyRing | None = None,
+                 clock: Callable[[], float] = time.time, audit: Audit | None = None) -> None:
+        self.settings = settings
+        self.policy = settings.policy
+        self.clock = clock
+        self.keys = keys or KeyRing.from_settings(settings.keys)
+        self.signer = Signer(self.keys.signing)
+        self.store = store or open_store(settings.store_url)
+        up = settings.upstream
+        self.forwarder: Forwarder = forwarder or AiohttpForwarder(
+            up.url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
+            pool_size=up.pool_size)
+        ev = settings.evidence
+        own = [settings.token_header, ev.user, ev.rule, ev.factor, ev.verified_at]
+        if settings.header_identity is not None:
+            own.append(settings.header_identity.name)
+        self.headers = HeaderPolicy(own, settings.trusted_proxies)
+        self.token_header = settings.token_header.lower().encode()
+        self.ev = tuple(n.lower().encode() for n in (ev.user, ev.rule, ev.factor, ev.verified_at))
+        self.identity: IdentitySource | None = make_identity(
+            settings.basic, settings.header_identity, self.forwarder, self.headers, clock)
+        self.audit = audit or Audit(settings.audit_path, self.store, clock)
+        self.factors: dict[str, Factor] = {
+            "totp": TotpFactor(self.store, self.keys),
+            "recovery": RecoveryFactor(self.store),
+        }
+        self.manage_rule = Rule(
+            name=MANAGE_RULE, index=-1, source="(built in)", action="require", methods=None,
+            paths=(), path_regex=None, hosts=(), query=(), headers=(), json=(),
+            require=Requirement(tuple(self.factors), False, settings.manage.binding,
+                                settings.manage.ttl, 0 if settings.manage.binding == "session"
+                                else 1, MANAGE_RULE, None, "deny", "secondfactor",
+                                "urn:stepgate:2fa"),
+            builtin=True)
+        self.prefix = settings.prefix
+        self.prefix_slash = settings.prefix + "/"
+        self.endpoints = Endpoints(self)
+        self._started = False
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def startup(self) -> None:
+        if not self._started:
+            await self.store.open()
+            self._started = True
+
+    async def shutdown(self) -> None:
+        if self._started:
+            await self.forwarder.aclose()
+            await self.store.close()
+            self._started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            started = False
+
+            async def tracking_send(message: dict[str, Any]) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                await send(message)
+
+            try:
+                await self.handle(scope, receive, tracking_send)
+            except Problem as problem:
+                if not started:
+                    await send_problem(send, problem)
+            except StoreUnavailable:
+                log.error("store unavailable")
+                if not started:
+                    await send_problem(send, store_down())
+            except ClientGone:
+                return
+            except Exception:
+                # Our own fault: logged without request data, answered, never forwarded.
+                log.exception("internal error")
+                if not started:
+                    await send_problem(send, Problem(500, "internal-error", "Internal error"))
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    try:
+                        await self.startup()
+                    except Exception as exc:  # noqa: BLE001 - reported to the server
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.shutdown()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    # ------------------------------------------------------------------ decisions
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        cp = canonicalize(raw_path, normalize=self.settings.normalize_paths)
+        path = cp.decoded
+        if self.settings.case_insensitive:
+            folded = path.lower()
+            under = folded == self.prefix.lower() or folded.startswith(self.prefix_slash.lower())
+        else:
+            under = path == self.prefix or path.startswith(self.prefix_slash)
+        if under:
+            await self.endpoints.dispatch(scope, receive, send, cp)
+            return
+        headers = scope["headers"]
+        has_body = check_framing(headers)
+        method = scope["method"]
+        host = (header(headers, b"host") or b"").decode("latin-1").lower()
+        if host.startswith("["):
+            host = host[: host.find("]") + 1]
+        else:
+            host = host.partition(":")[0]
+        req = RequestView(method, path, host, scope.get("query_string", b""), headers)
+        body: bytes | None = None
+        try:
+            rule = self.policy.match(req)
+        except NeedBody:
+            body = await self._buffer(receive, headers)
+            rule = self.policy.match(dataclasses.replace(req, body=body))
+        action = rule.action if rule is not None else self.policy.default_action
+        if action == "allow":
+            if self.audit_allowed:
+                await self.audit.emit("allowed", rule=rule.name if rule else None,
+                                      method=method, path=cp.raw)
+            await self.forward(scope, receive, send, cp, body, has_body, [])
+            return
+        if action == "deny" or rule is None or rule.require is None:
+            await self.audit.emit("denied", rule=rule.name if rule else None, method=method,
+                                  path=cp.raw)
+            raise Problem(403, "forbidden", "Forbidden",
+                          detail="the gateway's policy denies this request",
+                          rule=rule.name if rule else None)
+        await self.protect(scope, receive, send, cp, rule, body, has_body)
+
+    audit_allowed = True
+
+    async def _buffer(self, receive: Receive, headers: Any) -> bytes:
+        encoding = header(headers, b"content-encoding")
+        if encoding and encoding.strip().lower() != b"identity":
+            raise Problem(415, "unsupported-media-type", "Unsupported media type",
+                          detail="the gateway inspects this route's body and cannot read "
+                          "an encoded (compressed) body")
+        return await read_body(receive, headers, self.settings.max_body)
+
+    async def protect(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
+                      rule: Rule, body: bytes | None, has_body: bool) -> None:
+        req = rule.require
+        assert req is not None
+        headers = scope["headers"]
+        user = await self.identify(scope)
+        if req.binding == "request" and body is None:
+            body = await self._buffer(receive, headers) if has_body else b""
+        method = scope["method"]
+        query = scope.get("query_string", b"")
+        bound = Bound.of(method, cp.raw, query, body) if req.binding == "request" else None
+        if user is None:
+            await self.audit.emit("challenged", rule=rule.name, reason="no identity",
+                                  method=method, path=cp.raw)
+            raise self.challenge(rule, "", bound, identity=True)
+        value = header(headers, self.token_header)
+        token: Token | None = None
+        now = self.clock()
+        if value is not None:
+            token = self.signer.read_token(value.decode("latin-1"), now)
+            reason = "token is invalid or expired" if token is None else token_fits(
+                token, rule, user, bound, now)
+            if reason is not None:
+                await self.audit.emit("token_rejected", user=user, rule=rule.name, reason=reason,
+                                      method=method, path=cp.raw)
+                raise self.challenge(rule, user, bound, detail=reason)
+        if token is None:
+            if not await self.enrolled(user, req):
+                if req.unenrolled == "allow":
+                    await self.audit.emit("allowed_unenrolled", user=user, rule=rule.name,
+                                          method=method, path=cp.raw)
+                    await self.forward(scope, receive, send, cp, body, has_body,
+                                       self.evidence(user, rule.name, "none", None))
+                    return
+                await self.audit.emit("denied_unenrolled", user=user, rule=rule.name,
+                                      method=method, path=cp.raw)
+                raise self.not_enrolled(req)
+            await self.audit.emit("challenged", user=user, rule=rule.name, method=method,
+                                  path=cp.raw)
+            raise self.challenge(rule, user, bound)
+        extra = self.evidence(user, rule.name, "+".join(token.factors), token.verified_at)
+        if token.uses == 0:
+            await self.audit.emit("token_used", user=user, rule=rule.name, method=method,
+                                  path=cp.raw, binding=token.binding)
+            await self.forward(scope, receive, send, cp, body, has_body, extra)
+            return
+        result = await self.store.reserve_use(
+            token.jti, token.uses, token.expires, now,
+            hold=self.settings.upstream.read_timeout + self.settings.upstream.connect_timeout + 5)
+        if result == "busy":
+            raise Problem(409, "token-in-use", "Token in use",
+                          detail="another request is using this token right now; retry when "
+                          "it has finished")
+        if result == "used":
+            await self.audit.emit("token_rejected", user=user, rule=rule.name,
+                                  reason="token already used", method=method, path=cp.raw)
+            raise self.challenge(rule, user, bound, detail="token already used")
+        await self.audit.emit("token_used", user=user, rule=rule.name, method=method,
+                              path=cp.raw, binding=token.binding)
+        await self.forward(scope, receive, send, cp, body, has_body, extra, reservation=token.jti)
+
+    async def identify(self, scope: Scope) -> str | None:
+        if self.identity is None:
+            return None
+        client = scope.get("client")
+        return await self.identity.identify(scope["headers"], client[0] if client else None)
+
+    async def enrolled(self, user: str, req: Requirement) -> bool:
+        records = await self.store.factors(user)
+        left = await self.store.recovery_codes_left(user) if "recovery" in req.factors else 0
+        usable = [f for f in req.factors if f in self.factors and
+                  self.factors[f].available(records, left)]
+        if req.all_of:
+            return len(usable) == len(req.factors)
+        return bool(usable)
+
+    def evidence(self, user: str, rule: str, factor: str, verified_at: float | None) -> Headers:
+        u, r, f, v = self.ev
+        out = [(u, user.encode()), (r, rule.encode()), (f, factor.encode())]
+        if verified_at is not None:
+            out.append((v, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(verified_at)).encode()))
+        return out
+
+    def not_enrolled(self, req: Requirement) -> Problem:
+        return Problem(403, "factor-not-enrolled", "Second factor not enrolled",
+                       detail="this route needs a second factor the account has not enrolled",
+                       factors=list(req.factors), enroll_uri=f"{self.prefix}/factors")
+
+    def challenge(self, rule: Rule, user: str, bound: Bound | None, *, identity: bool = False,
+                  detail: str | None = None) -> Problem:
+        req = rule.require
+        assert req is not None
+        ticket = self.signer.ticket(user=user, rule=rule, binding=req.binding, bound=bound,
+                                    now=self.clock(), ttl=self.settings.ticket_ttl)
+        uri = f"{self.prefix}/challenges"
+        factors = " ".join(req.factors)
+        headers: Headers = []
+        if identity and self.identity is not None and self.identity.challenge:
+            headers.append((b"www-authenticate", self.identity.challenge))
+        headers.append((b"www-authenticate", (
+            f'SecondFactor realm="{self.settings.realm}", rule="{rule.name}", '
+            f'factors="{factors}", challenge_uri="{uri}", ticket="{ticket}"').encode()))
+        if req.challenge_style == "rfc9470":
+            headers.append((b"www-authenticate", (
+                'Bearer error="insufficient_user_authentication", error_description='
+                f'"A second factor is required", acr_values="{req.acr_values}"').encode()))
+        extras: dict[str, Any] = {
+            "rule": rule.name, "factors": list(req.factors), "challenge_uri": uri,
+            "ticket": ticket, "binding": req.binding, "token_header": self.settings.token_header,
+        }
+        if req.all_of:
+            extras["all_of"] = True
+        if req.max_age is not None:
+            extras["max_age"] = int(req.max_age)
+        return Problem(401, "second-factor-required", "Second factor required", detail=detail,
+                       headers=headers, **extras)
+
+    # ------------------------------------------------------------------ forwarding
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
+                      body: bytes | None, has_body: bool, extra: Headers,
+                      reservation: str | None = None) -> None:
+        client = scope.get("client")
+        host = header(scope["headers"], b"host")
+        out = self.headers.request(scope["headers"], client=client[0] if client else None,
+                                   scheme=scope.get("scheme", "http"), host=host, extra=extra)
+        query = scope.get("query_string", b"")
+        target = cp.raw + "?" + query.decode("latin-1") if query else cp.raw
+        payload: Any = body if body is not None else (stream_body(receive) if has_body else None)
+        settled = reservation is None
+        try:
+            try:
+                resp = await self.forwarder.send(scope["method"], target, out, payload)
+            except UpstreamError:
+                raise
+            except ClientGone:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any client-stack failure is a 502
+                log.warning("upstream request failed: %s", exc.__class__.__name__)
+                raise Problem(502, "upstream-unavailable", "Upstream unavailable",
+                              detail="the gateway could not reach the upstream service") from None
+            try:
+                if reservation is not None:
+                    if resp.status < self.settings.upstream.success_below:
+                        await self.store.commit_use(reservation)
+                    else:
+                        await self.store.release_use(reservation)
+                    settled = True
+                await send({"type": "http.response.start", "status": resp.status,
+                            "headers": self.headers.response(resp.headers)})
+                try:
+                    async for chunk in resp.body():
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+                except (ConnectionError, asyncio.TimeoutError):
+                    log.warning("upstream body interrupted")
+                    return
+                await send({"type": "http.response.body", "body": b""})
+            finally:
+                await resp.aclose()
+        finally:
+            if not settled and reservation is not None:
+                try:
+                    await self.store.release_use(reservation)
+                except StoreUnavailable:
+                    log.error("could not release a token reservation")
+
+
+def create_app(settings: Settings, *, store: Store | None = None,
+               forwarder: Forwarder | None = None, keys: KeyRing | None = None,
+               clock: Callable[[], float] = time.time, audit: Audit | None = None) -> Gateway:
+    return Gateway(settings, store=store, forwarder=forwarder, keys=keys, clock=clock, audit=audit)
+
+
+def app_from_env() -> Gateway:
+    """Factory for server processes: loads the configuration named by STEPGATE_CONFIG."""
+    import os
+
+    from .config import load_settings
+    return create_app(load_settings(os.environ.get("STEPGATE_CONFIG", "config.yaml")))

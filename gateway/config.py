@@ -1,0 +1,323 @@
+"""Settings: the YAML configuration loaded and validated at start-up into one typed object."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from .policies import Policy, load_policy
+from .validate import ConfigError, Reader
+
+_HEADER_NAME = r"[A-Za-z0-9][A-Za-z0-9-]*"
+_CHANNEL = re.compile(r"^[a-z][a-z0-9_-]*$")
+BUILTIN_FACTORS = ("totp", "recovery")
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    url: str
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+    success_below: int = 400
+    pool_size: int = 100
+
+
+@dataclass(frozen=True)
+class BasicIdentity:
+    realm: str
+    htpasswd: Path | None = None
+    probe_path: str | None = None
+    probe_cache_ttl: float = 30.0
+    verify_backend: bool = False
+
+
+@dataclass(frozen=True)
+class HeaderIdentity:
+    name: str
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    env: str | None = "STEPGATE_KEYS"
+    file: Path | None = None
+    data_env: str | None = "STEPGATE_DATA_KEYS"
+    data_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    challenge_attempts: int = 5
+    lock_after: int = 10
+    lock_base: float = 300.0
+    lock_max: float = 3600.0
+    hard_lock_after: int = 100
+    challenges_per_window: int = 10
+    challenge_window: float = 600.0
+    sends_per_window: int = 3
+    send_window: float = 600.0
+    resend_after: float = 30.0
+
+
+@dataclass(frozen=True)
+class EvidenceHeaders:
+    user: str = "X-Stepgate-User"
+    rule: str = "X-Stepgate-Rule"
+    factor: str = "X-Stepgate-Factor"
+    verified_at: str = "X-Stepgate-Verified-At"
+
+
+@dataclass(frozen=True)
+class ManageSettings:
+    binding: Literal["request", "route", "session"] = "request"
+    ttl: float = 120.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path
+    upstream: UpstreamSettings
+    policy: Policy
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    workers: int = 1
+    realm: str = "stepgate"
+    prefix: str = "/.stepgate"
+    token_header: str = "X-Stepgate-Token"
+    default_action: Literal["allow", "deny"] = "deny"
+    store_url: str = "sqlite:///stepgate.db"
+    keys: KeySettings = field(default_factory=KeySettings)
+    basic: BasicIdentity | None = None
+    header_identity: HeaderIdentity | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    enrollment: Literal["open", "admin"] = "open"
+    totp_issuer: str = "Stepgate"
+    recovery_count: int = 10
+    admin_key_env: str | None = None
+    admin_key_file: Path | None = None
+    audit_path: str = "-"
+    normalize_paths: bool = False
+    case_insensitive: bool = False
+    max_body: int = 1024 * 1024
+    evidence: EvidenceHeaders = field(default_factory=EvidenceHeaders)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    manage: ManageSettings = field(default_factory=ManageSettings)
+    challenge_ttl: float = 300.0
+    ticket_ttl: float = 600.0
+
+    @property
+    def factors(self) -> tuple[str, ...]:
+        return BUILTIN_FACTORS
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _listen(value: object) -> tuple[str, int] | None:
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def _url(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        return None
+    return value.rstrip("/")
+
+
+def _network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Load and validate the whole configuration, policies included; raise ConfigError."""
+    cfg_path = Path(path)
+    where = str(cfg_path)
+    errors: list[str] = []
+    try:
+        doc = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{where}: expected a readable configuration file, found {exc.strerror}"])
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{where}: expected a YAML document, found an error: {exc}"]) from None
+    base = cfg_path.resolve().parent
+    r = Reader(doc if doc is not None else {}, where, errors)
+    kw: dict[str, object] = {}
+
+    listen = r.get("listen", "host:port like '127.0.0.1:8080'", _listen, ("127.0.0.1", 8080))
+    kw["listen_host"], kw["listen_port"] = listen
+    kw["workers"] = r.integer("workers", 1, minimum=1, maximum=64)
+
+    up = r.section("upstream", required=True)
+    upstream = UpstreamSettings(url="http://127.0.0.1:9")
+    if up is not None:
+        upstream = UpstreamSettings(
+            url=up.get("url", "an http:// or https:// URL without query", _url) or "",
+            connect_timeout=up.duration("connect_timeout", 2.0),
+            read_timeout=up.duration("read_timeout", 30.0),
+            success_below=up.integer("success_below", 400, minimum=200, maximum=600),
+            pool_size=up.integer("pool_size", 100, minimum=1, maximum=10000),
+        )
+        up.finish()
+
+    kw["realm"] = r.string("realm", "stepgate", pattern=r'[^"\\\r\n]+',
+                           expected="a realm without quotes or backslashes")
+    kw["prefix"] = r.string("prefix", "/.stepgate", pattern=r"/[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*",
+                            expected="a path like '/.stepgate' (no trailing slash)")
+    kw["token_header"] = r.string("token_header", "X-Stepgate-Token", pattern=_HEADER_NAME,
+                                  expected="an HTTP header name")
+    policies_rel = r.string("policies", "policies/")
+    default_action = r.choice("default_action", ("allow", "deny"), "deny")
+    kw["default_action"] = default_action
+    store = r.string("store", "sqlite:///stepgate.db", pattern=r"sqlite:///.+",
+                     expected="a store URL like 'sqlite:///stepgate.db'")
+    if store.startswith("sqlite:///"):
+        kw["store_url"] = "sqlite:///" + str(_resolve(base, store[len("sqlite:///"):]))
+
+    keys = r.section("keys")
+    if keys is not None:
+        kf = keys.string("file", None)
+        dkf = keys.string("data_file", None)
+        kw["keys"] = KeySettings(
+            env=keys.string("env", None if kf else "STEPGATE_KEYS"),
+            file=_resolve(base, kf) if kf else None,
+            data_env=keys.string("data_env", None if dkf else "STEPGATE_DATA_KEYS"),
+            data_file=_resolve(base, dkf) if dkf else None,
+        )
+        keys.finish()
+
+    ident = r.section("identity")
+    if ident is not None:
+        basic = ident.section("basic")
+        if basic is not None:
+            ht = basic.string("htpasswd", None)
+            probe = basic.section("upstream_probe")
+            probe_path, probe_ttl = None, 30.0
+            if probe is not None:
+                probe_path = probe.string("path", pattern=r"/.*", expected="a path starting with '/'")
+                probe_ttl = probe.duration("cache_ttl", 30.0, maximum=3600)
+                probe.finish()
+            verify = basic.choice("verify", ("backend",), None)
+            chosen = [x for x in (ht, probe_path, verify) if x]
+            if len(chosen) != 1:
+                basic.error("htpasswd", "exactly one of 'htpasswd', 'upstream_probe' or "
+                            "'verify: backend'", f"{len(chosen)} of them")
+            kw["basic"] = BasicIdentity(
+                realm=basic.string("realm", str(kw.get("realm") or "stepgate")),
+                htpasswd=_resolve(base, ht) if ht else None,
+                probe_path=probe_path, probe_cache_ttl=probe_ttl,
+                verify_backend=verify == "backend")
+            basic.finish()
+            if ht and not _resolve(base, ht).is_file():
+                errors.append(f"{where}: identity.basic.htpasswd: expected an htpasswd file, "
+                              f"found no file at {_resolve(base, ht)}")
+        hdr = ident.section("header")
+        if hdr is not None:
+            kw["header_identity"] = HeaderIdentity(
+                hdr.string("name", pattern=_HEADER_NAME, expected="an HTTP header name"))
+            hdr.finish()
+        ident.finish()
+
+    kw["trusted_proxies"] = tuple(ipaddress.ip_network(n, strict=False) for n in (
+        r.get("trusted_proxies", "a list of CIDRs like '10.0.0.0/8'",
+              lambda v: v if isinstance(v, list) and all(isinstance(x, str) and _network(x) for x in v)
+              else None, []) or []))
+    kw["enrollment"] = r.choice("enrollment", ("open", "admin"), "open")
+
+    fac = r.section("factors")
+    known = set(BUILTIN_FACTORS)
+    if fac is not None:
+        totp = fac.section("totp")
+        if totp is not None:
+            kw["totp_issuer"] = totp.string("issuer", "Stepgate", pattern=r"[^:]+",
+                                            expected="an issuer name without ':'")
+            totp.finish()
+        rec = fac.section("recovery")
+        if rec is not None:
+            kw["recovery_count"] = rec.integer("count", 10, minimum=1, maximum=100)
+            rec.finish()
+        fac.finish()
+
+    adm = r.section("admin")
+    if adm is not None:
+        kw["admin_key_env"] = adm.string("key_env", None)
+        akf = adm.string("key_file", None)
+        kw["admin_key_file"] = _resolve(base, akf) if akf else None
+        adm.finish()
+
+    aud = r.section("audit")
+    if aud is not None:
+        ap = aud.string("path", "-")
+        kw["audit_path"] = ap if ap == "-" else str(_resolve(base, ap))
+        aud.finish()
+
+    pth = r.section("paths")
+    if pth is not None:
+        kw["normalize_paths"] = pth.boolean("normalize", False)
+        kw["case_insensitive"] = pth.boolean("case_insensitive", False)
+        pth.finish()
+    kw["max_body"] = r.size("max_body", 1024 * 1024)
+
+    ev = r.section("evidence_headers")
+    if ev is not None:
+        d = EvidenceHeaders()
+        kw["evidence"] = EvidenceHeaders(*(
+            ev.string(k, getattr(d, k), pattern=_HEADER_NAME, expected="an HTTP header name")
+            for k in ("user", "rule", "factor", "verified_at")))
+        ev.finish()
+
+    th = r.section("throttle")
+    if th is not None:
+        d2 = ThrottleSettings()
+        kw["throttle"] = ThrottleSettings(
+            challenge_attempts=th.integer("challenge_attempts", d2.challenge_attempts, 1, 100),
+            lock_after=th.integer("lock_after", d2.lock_after, 1, 1000),
+            lock_base=th.duration("lock_base", d2.lock_base),
+            lock_max=th.duration("lock_max", d2.lock_max),
+            hard_lock_after=th.integer("hard_lock_after", d2.hard_lock_after, 1, 100000),
+            challenges_per_window=th.integer("challenges_per_window", d2.challenges_per_window, 1),
+            challenge_window=th.duration("challenge_window", d2.challenge_window),
+            sends_per_window=th.integer("sends_per_window", d2.sends_per_window, 1),
+            send_window=th.duration("send_window", d2.send_window),
+            resend_after=th.duration("resend_after", d2.resend_after),
+        )
+        th.finish()
+
+    mg = r.section("manage")
+    if mg is not None:
+        binding = mg.choice("binding", ("request", "route", "session"), "request")
+        kw["manage"] = ManageSettings(binding=binding, ttl=mg.duration("ttl", 120.0, maximum=900))
+        mg.finish()
+    kw["challenge_ttl"] = r.duration("challenge_ttl", 300.0, maximum=600)
+    kw["ticket_ttl"] = r.duration("ticket_ttl", 600.0, maximum=3600)
+    r.finish()
+
+    case_insensitive = bool(kw.get("case_insensitive", False))
+    policy = load_policy(_resolve(base, policies_rel or "policies/"),
+                         default_action=default_action or "deny", known_factors=known,
+                         case_insensitive=case_insensitive, base=base, errors=errors)
+    if errors:
+        raise ConfigError(errors)
+    if any(rule.require for rule in policy.rules) and not (kw.get("basic") or kw.get("header_identity")):
+        raise ConfigError([f"{where}: identity: expected 'basic' or 'header' because rules "
+                           "require a second factor, found no identity source"])
+    return Settings(source=cfg_path.resolve(), upstream=upstream, policy=policy, **kw)  # type: ignore[arg-type]

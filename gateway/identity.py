@@ -1,0 +1,185 @@
+"""First-factor sources: who is calling (HTTP Basic via htpasswd, an upstream probe, or a header)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import bcrypt
+
+from .config import BasicIdentity, HeaderIdentity
+from .proxy import Forwarder, HeaderPolicy
+
+_USER = re.compile(r"^[^\x00-\x1f\x7f:]{1,128}$")
+# Verified against when the user is unknown, so both paths cost one bcrypt check.
+_DUMMY_HASH = bcrypt.hashpw(b"stepgate-dummy", bcrypt.gensalt(rounds=10))
+
+
+class IdentitySource(Protocol):
+    challenge: bytes | None  # a WWW-Authenticate value to send when nobody is identified
+
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None: ...
+
+
+def basic_credentials(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str] | None:
+    for k, v in headers:
+        if k == b"authorization":
+            scheme, _, param = v.partition(b" ")
+            if scheme.lower() != b"basic" or len(param) > 4096:
+                return None
+            try:
+                text = base64.b64decode(param.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            user, sep, password = text.partition(":")
+            if not sep or not _USER.match(user):
+                return None
+            return user, password
+    return None
+
+
+class _Cache:
+    """Recent verification results keyed by an HMAC of the credentials, never the password."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._key = os.urandom(32)
+        self._entries: dict[bytes, tuple[float, bool]] = {}
+
+    def key(self, user: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{user}\x00{password}".encode(), hashlib.sha256).digest()
+
+    def get(self, key: bytes) -> bool | None:
+        hit = self._entries.get(key)
+        if hit is None or hit[0] < self.clock():
+            return None
+        return hit[1]
+
+    def put(self, key: bytes, ok: bool, ttl: float | None = None) -> None:
+        if len(self._entries) > 10000:
+            now = self.clock()
+            self._entries = {k: e for k, e in self._entries.items() if e[0] >= now}
+            if len(self._entries) > 10000:
+                self._entries.clear()
+        self._entries[key] = (self.clock() + (self.ttl if ttl is None else ttl), ok)
+
+
+class HtpasswdIdentity:
+    def __init__(self, settings: BasicIdentity, clock: Callable[[], float] = time.time) -> None:
+        assert settings.htpasswd is not None
+        self.path: Path = settings.htpasswd
+        self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'.encode()
+        self.users = self._load(self.path)
+        self.cache = _Cache(60.0, clock)
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, bytes]:
+        users: dict[str, bytes] = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, hashed = line.partition(":")
+            if hashed.startswith(("$2y$", "$2b$", "$2a$")):
+                users[name] = hashed.replace("$2y$", "$2b$", 1).encode()
+        return users
+
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
+        creds = basic_credentials(headers)
+        if creds is None:
+            return None
+        user, password = creds
+        key = self.cache.key(user, password)
+        cached = self.cache.get(key)
+        if cached is None:
+            hashed = self.users.get(user)
+            ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed or _DUMMY_HASH)
+            cached = ok and hashed is not None
+            self.cache.put(key, cached)
+        return user if cached else None
+
+
+class ProbeIdentity:
+    """Asks the upstream whether the client's credentials are good (2xx = yes)."""
+
+    def __init__(self, settings: BasicIdentity, forwarder: Forwarder,
+                 clock: Callable[[], float] = time.time) -> None:
+        assert settings.probe_path is not None
+        self.path = settings.probe_path
+        self.forwarder = forwarder
+        self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'.encode()
+        self.cache = _Cache(settings.probe_cache_ttl, clock)
+
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
+        creds = basic_credentials(headers)
+        if creds is None:
+            return None
+        user, password = creds
+        key = self.cache.key(user, password)
+        cached = self.cache.get(key)
+        if cached is None:
+            auth = [(k, v) for k, v in headers if k == b"authorization"]
+            resp = await self.forwarder.send("GET", self.path, auth, None)
+            try:
+                cached = 200 <= resp.status < 300
+            finally:
+                await resp.aclose()
+            # Failures are cached briefly too, so a password guesser cannot hammer the upstream.
+            self.cache.put(key, cached, None if cached else min(self.cache.ttl, 5.0))
+        return user if cached else None
+
+
+class BackendIdentity:
+    """`verify: backend`: the user name is taken as given; the upstream checks the password."""
+
+    def __init__(self, settings: BasicIdentity) -> None:
+        self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'.encode()
+
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
+        creds = basic_credentials(headers)
+        return creds[0] if creds else None
+
+
+class HeaderIdentitySource:
+    """A user header set by a front proxy; believed only from trusted_proxies."""
+
+    def __init__(self, settings: HeaderIdentity, headers: HeaderPolicy) -> None:
+        self.name = settings.name.lower().encode()
+        self.policy = headers
+        self.challenge = None
+
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
+        if not self.policy.is_trusted(client):
+            return None
+        values = [v for k, v in headers if k == self.name]
+        if len(values) != 1:
+            return None
+        try:
+            user = values[0].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+        return user if _USER.match(user) else None
+
+
+def make_identity(basic: BasicIdentity | None, header: HeaderIdentity | None,
+                  forwarder: Forwarder, header_policy: HeaderPolicy,
+                  clock: Callable[[], float] = time.time) -> IdentitySource | None:
+    if header is not None:
+        return HeaderIdentitySource(header, header_policy)
+    if basic is None:
+        return None
+    if basic.htpasswd is not None:
+        return HtpasswdIdentity(basic, clock)
+    if basic.probe_path is not None:
+        return ProbeIdentity(basic, forwarder, clock)
+    return BackendIdentity(basic)

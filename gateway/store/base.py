@@ -1,0 +1,106 @@
+"""The store contract: every backend (SQLite now, PostgreSQL and Redis later) implements it.
+
+Every method that decides something (reserving a token use, accepting a TOTP step,
+consuming a recovery code, counting failures) is atomic in the backend, so several
+gateway processes sharing one store never both win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+ReserveResult = Literal["ok", "busy", "used"]
+
+
+class StoreUnavailable(Exception):
+    """The backend failed; callers answer 503 and never forward (fail closed)."""
+
+
+@dataclass(frozen=True)
+class FactorRecord:
+    id: str
+    user: str
+    type: str
+    status: Literal["pending", "active"]
+    label: str
+    secret: str  # sealed with the data key ring; never plaintext
+    created_at: float
+    last_used_at: float | None = None
+    last_step: int = -1
+
+
+@dataclass(frozen=True)
+class ChallengeRecord:
+    id: str
+    user: str
+    ticket_nonce: str
+    ticket: str  # the signed ticket the challenge answers; it carries no secret
+    factor: str
+    factor_id: str | None
+    state: Literal["pending", "verified", "expired", "failed"]
+    attempts_left: int
+    created_at: float
+    expires_at: float
+    ticket_expires_at: float
+    code_hash: str | None = None
+    sent_at: float | None = None
+
+
+@dataclass(frozen=True)
+class UserLock:
+    failures: int
+    locked_until: float
+    hard: bool
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # factors
+    async def add_factor(self, factor: FactorRecord) -> None: ...
+    async def factors(self, user: str) -> list[FactorRecord]: ...
+    async def activate_factor(self, user: str, factor_id: str) -> bool: ...
+    async def delete_factor(self, user: str, factor_id: str) -> bool: ...
+    async def delete_user(self, user: str) -> int: ...
+    async def advance_step(self, factor_id: str, step: int, now: float) -> bool:
+        """Record a TOTP step as used; False if it or a later step was used before."""
+        ...
+    async def touch_factor(self, factor_id: str, now: float) -> None: ...
+
+    # recovery codes
+    async def replace_recovery_codes(self, user: str, hashes: list[str], now: float) -> None: ...
+    async def consume_recovery_code(self, user: str, code_hash: str, now: float) -> bool: ...
+    async def recovery_codes_left(self, user: str) -> int: ...
+
+    # challenges
+    async def add_challenge(self, challenge: ChallengeRecord) -> None: ...
+    async def challenge(self, challenge_id: str) -> ChallengeRecord | None: ...
+    async def fail_challenge(self, challenge_id: str) -> int:
+        """Spend one attempt; returns attempts left (the challenge is 'failed' at 0)."""
+        ...
+    async def verify_challenge(self, challenge_id: str) -> bool:
+        """Move a pending challenge to verified; False if it was not pending."""
+        ...
+    async def verified_factors(self, user: str, ticket_nonce: str) -> set[str]: ...
+
+    # token uses
+    async def reserve_use(self, jti: str, max_uses: int, expires_at: float, now: float,
+                          hold: float) -> ReserveResult: ...
+    async def commit_use(self, jti: str) -> None: ...
+    async def release_use(self, jti: str) -> None: ...
+
+    # throttling
+    async def user_lock(self, user: str) -> UserLock: ...
+    async def record_failure(self, user: str, now: float, lock_after: int, lock_base: float,
+                             lock_max: float, hard_after: int) -> UserLock: ...
+    async def reset_failures(self, user: str) -> None: ...
+    async def hit(self, key: str, window: float, now: float) -> int:
+        """Count one event under ``key`` in the current fixed window; returns the count."""
+        ...
+
+    # audit
+    async def append_audit(self, event: dict[str, Any]) -> None: ...
+    async def audit(self, user: str | None, since: float | None, until: float | None,
+                    limit: int) -> list[dict[str, Any]]: ...

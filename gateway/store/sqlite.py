@@ -1,0 +1,310 @@
+"""The embedded store: one SQLite file in WAL mode, versioned migrations applied at start."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from contextlib import contextmanager
+from dataclasses import astuple
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from .base import ChallengeRecord, FactorRecord, ReserveResult, StoreUnavailable, UserLock
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE factors (
+        id TEXT PRIMARY KEY, user TEXT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL,
+        label TEXT NOT NULL, secret TEXT NOT NULL, created_at REAL NOT NULL,
+        last_used_at REAL, last_step INTEGER NOT NULL DEFAULT -1);
+    CREATE INDEX factors_user ON factors(user);
+    CREATE TABLE recovery_codes (
+        user TEXT NOT NULL, hash TEXT NOT NULL, used_at REAL, PRIMARY KEY (user, hash));
+    CREATE TABLE challenges (
+        id TEXT PRIMARY KEY, user TEXT NOT NULL, ticket_nonce TEXT NOT NULL, ticket TEXT NOT NULL,
+        factor TEXT NOT NULL, factor_id TEXT, state TEXT NOT NULL, attempts_left INTEGER NOT NULL,
+        created_at REAL NOT NULL, expires_at REAL NOT NULL, ticket_expires_at REAL NOT NULL,
+        code_hash TEXT, sent_at REAL);
+    CREATE INDEX challenges_ticket ON challenges(user, ticket_nonce);
+    CREATE TABLE token_uses (
+        jti TEXT PRIMARY KEY, committed INTEGER NOT NULL, reserved INTEGER NOT NULL,
+        max_uses INTEGER NOT NULL, expires_at REAL NOT NULL, hold_until REAL NOT NULL);
+    CREATE TABLE user_locks (
+        user TEXT PRIMARY KEY, failures INTEGER NOT NULL, locked_until REAL NOT NULL,
+        hard INTEGER NOT NULL);
+    CREATE TABLE counters (
+        key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires_at REAL NOT NULL);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, user TEXT, event TEXT NOT NULL);
+    CREATE INDEX audit_user_ts ON audit(user, ts);
+    """,
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guard(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """Run a short synchronous SQLite call; translate its errors once, here."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {exc.__class__.__name__}") from exc
+    return wrapper
+
+
+class SQLiteStore:
+    """Calls are short and local, so they run inline on the event loop."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.db: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self.db is None:
+            raise StoreUnavailable("store is not open")
+        return self.db
+
+    @contextmanager
+    def _tx(self) -> Any:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    async def open(self) -> None:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                 timeout=5.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            self.db = db
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._tx() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = c.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if row is None:
+                c.execute("INSERT INTO schema_version VALUES (0)")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                c.execute("UPDATE schema_version SET version = ?", (number,))
+
+    async def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    # factors ---------------------------------------------------------------
+
+    @_guard
+    def add_factor(self, f: FactorRecord) -> None:
+        self.conn.execute("INSERT INTO factors VALUES (?,?,?,?,?,?,?,?,?)", astuple(f))
+
+    @_guard
+    def factors(self, user: str) -> list[FactorRecord]:
+        rows = self.conn.execute(
+            "SELECT id, user, type, status, label, secret, created_at, last_used_at, last_step "
+            "FROM factors WHERE user = ? ORDER BY created_at, id", (user,)).fetchall()
+        return [FactorRecord(*row) for row in rows]
+
+    @_guard
+    def activate_factor(self, user: str, factor_id: str) -> bool:
+        cur = self.conn.execute("UPDATE factors SET status = 'active' WHERE id = ? AND user = ? "
+                                "AND status = 'pending'", (factor_id, user))
+        return cur.rowcount == 1
+
+    @_guard
+    def delete_factor(self, user: str, factor_id: str) -> bool:
+        cur = self.conn.execute("DELETE FROM factors WHERE id = ? AND user = ?", (factor_id, user))
+        return cur.rowcount == 1
+
+    @_guard
+    def delete_user(self, user: str) -> int:
+        with self._tx() as c:
+            n = c.execute("DELETE FROM factors WHERE user = ?", (user,)).rowcount
+            n += c.execute("DELETE FROM recovery_codes WHERE user = ?", (user,)).rowcount
+            c.execute("DELETE FROM user_locks WHERE user = ?", (user,))
+        return int(n)
+
+    @_guard
+    def advance_step(self, factor_id: str, step: int, now: float) -> bool:
+        cur = self.conn.execute(
+            "UPDATE factors SET last_step = ?, last_used_at = ? WHERE id = ? AND last_step < ?",
+            (step, now, factor_id, step))
+        return cur.rowcount == 1
+
+    @_guard
+    def touch_factor(self, factor_id: str, now: float) -> None:
+        self.conn.execute("UPDATE factors SET last_used_at = ? WHERE id = ?", (now, factor_id))
+
+    # recovery codes ---------------------------------------------------------
+
+    @_guard
+    def replace_recovery_codes(self, user: str, hashes: list[str], now: float) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
+            c.executemany("INSERT INTO recovery_codes VALUES (?, ?, NULL)",
+                          [(user, h) for h in hashes])
+
+    @_guard
+    def consume_recovery_code(self, user: str, code_hash: str, now: float) -> bool:
+        cur = self.conn.execute("UPDATE recovery_codes SET used_at = ? WHERE user = ? AND hash = ? "
+                                "AND used_at IS NULL", (now, user, code_hash))
+        return cur.rowcount == 1
+
+    @_guard
+    def recovery_codes_left(self, user: str) -> int:
+        row = self.conn.execute("SELECT COUNT(*) FROM recovery_codes WHERE user = ? AND "
+                                "used_at IS NULL", (user,)).fetchone()
+        return int(row[0])
+
+    # challenges -------------------------------------------------------------
+
+    @_guard
+    def add_challenge(self, ch: ChallengeRecord) -> None:
+        self.conn.execute("INSERT INTO challenges VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", astuple(ch))
+
+    @_guard
+    def challenge(self, challenge_id: str) -> ChallengeRecord | None:
+        row = self.conn.execute("SELECT * FROM challenges WHERE id = ?", (challenge_id,)).fetchone()
+        return ChallengeRecord(*row) if row else None
+
+    @_guard
+    def fail_challenge(self, challenge_id: str) -> int:
+        with self._tx() as c:
+            c.execute("UPDATE challenges SET attempts_left = MAX(attempts_left - 1, 0) "
+                      "WHERE id = ? AND state = 'pending'", (challenge_id,))
+            c.execute("UPDATE challenges SET state = 'failed' WHERE id = ? AND state = 'pending' "
+                      "AND attempts_left = 0", (challenge_id,))
+            row = c.execute("SELECT attempts_left FROM challenges WHERE id = ?",
+                            (challenge_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @_guard
+    def verify_challenge(self, challenge_id: str) -> bool:
+        cur = self.conn.execute("UPDATE challenges SET state = 'verified' WHERE id = ? AND "
+                                "state = 'pending'", (challenge_id,))
+        return cur.rowcount == 1
+
+    @_guard
+    def verified_factors(self, user: str, ticket_nonce: str) -> set[str]:
+        rows = self.conn.execute("SELECT factor FROM challenges WHERE user = ? AND ticket_nonce = ? "
+                                 "AND state = 'verified'", (user, ticket_nonce)).fetchall()
+        return {r[0] for r in rows}
+
+    # token uses ---------------------------------------------------------------
+
+    @_guard
+    def reserve_use(self, jti: str, max_uses: int, expires_at: float, now: float,
+                    hold: float) -> ReserveResult:
+        with self._tx() as c:
+            row = c.execute("SELECT committed, reserved, hold_until FROM token_uses WHERE jti = ?",
+                            (jti,)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO token_uses VALUES (?, 0, 1, ?, ?, ?)",
+                          (jti, max_uses, expires_at, now + hold))
+                return "ok"
+            committed, reserved, hold_until = row
+            if hold_until < now:
+                reserved = 0  # a reservation whose request never finished (crash) lapses
+            if committed >= max_uses:
+                return "used"
+            if committed + reserved >= max_uses:
+                return "busy"
+            c.execute("UPDATE token_uses SET reserved = ?, hold_until = ? WHERE jti = ?",
+                      (reserved + 1, max(hold_until, now + hold), jti))
+            return "ok"
+
+    @_guard
+    def commit_use(self, jti: str) -> None:
+        self.conn.execute("UPDATE token_uses SET committed = committed + 1, "
+                          "reserved = MAX(reserved - 1, 0) WHERE jti = ?", (jti,))
+
+    @_guard
+    def release_use(self, jti: str) -> None:
+        self.conn.execute("UPDATE token_uses SET reserved = MAX(reserved - 1, 0) WHERE jti = ?",
+                          (jti,))
+
+    # throttling -----------------------------------------------------------------
+
+    @_guard
+    def user_lock(self, user: str) -> UserLock:
+        row = self.conn.execute("SELECT failures, locked_until, hard FROM user_locks WHERE user = ?",
+                                (user,)).fetchone()
+        return UserLock(row[0], row[1], bool(row[2])) if row else UserLock(0, 0.0, False)
+
+    @_guard
+    def record_failure(self, user: str, now: float, lock_after: int, lock_base: float,
+                       lock_max: float, hard_after: int) -> UserLock:
+        with self._tx() as c:
+            row = c.execute("SELECT failures, locked_until, hard FROM user_locks WHERE user = ?",
+                            (user,)).fetchone()
+            failures, locked_until, hard = (row[0], row[1], bool(row[2])) if row else (0, 0.0, False)
+            failures += 1
+            if failures >= hard_after:
+                hard = True
+            elif failures % lock_after == 0:
+                # NIST SP 800-63B 5.2.2: back off, doubling from lock_base up to lock_max.
+                locked_until = now + min(lock_base * 2 ** (failures // lock_after - 1), lock_max)
+            c.execute("INSERT OR REPLACE INTO user_locks VALUES (?, ?, ?, ?)",
+                      (user, failures, locked_until, int(hard)))
+        return UserLock(failures, locked_until, hard)
+
+    @_guard
+    def reset_failures(self, user: str) -> None:
+        self.conn.execute("DELETE FROM user_locks WHERE user = ?", (user,))
+
+    @_guard
+    def hit(self, key: str, window: float, now: float) -> int:
+        bucket = f"{key}@{int(now // window)}"
+        with self._tx() as c:
+            c.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
+            c.execute("INSERT INTO counters VALUES (?, 1, ?) ON CONFLICT(key) DO UPDATE SET "
+                      "count = count + 1", (bucket, (int(now // window) + 1) * window))
+            row = c.execute("SELECT count FROM counters WHERE key = ?", (bucket,)).fetchone()
+        return int(row[0])
+
+    # audit ------------------------------------------------------------------------
+
+    @_guard
+    def append_audit(self, event: dict[str, Any]) -> None:
+        self.conn.execute("INSERT INTO audit (ts, user, event) VALUES (?, ?, ?)",
+                          (event.get("ts", 0.0), event.get("user"), json.dumps(event)))
+
+    @_guard
+    def audit(self, user: str | None, since: float | None, until: float | None,
+              limit: int) -> list[dict[str, Any]]:
+        sql = "SELECT event FROM audit WHERE 1=1"
+        args: list[Any] = []
+        if user is not None:
+            sql += " AND user = ?"
+            args.append(user)
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND ts <= ?"
+            args.append(until)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [json.loads(r[0]) for r in self.conn.execute(sql, args).fetchall()][::-1]
