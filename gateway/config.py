@@ -16,7 +16,7 @@ from .policies import Policy, load_policy
 from .validate import ConfigError, Reader
 
 _HEADER_NAME = r"[A-Za-z0-9][A-Za-z0-9-]*"
-_CHANNEL = re.compile(r"^[a-z][a-z0-9_-]*$")
+_CHANNEL = re.compile(r"^[a-z][a-z0-9_-]*\Z")
 BUILTIN_FACTORS = ("totp", "recovery")
 
 

@@ -19,7 +19,7 @@ from .wire import Receive, Scope, Send, field, header, read_body, read_json, sen
 if TYPE_CHECKING:
     from .app import Gateway
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
 _LABEL_MAX = 64
 JSON_LIMIT = 16 * 1024
 
@@ -60,15 +60,15 @@ class Endpoints:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.routes: list[tuple[re.Pattern[str], dict[str, Any]]] = [
-            (re.compile(r"^/config$"), {"GET": self.config}),
-            (re.compile(r"^/challenges$"), {"POST": self.create_challenge}),
-            (re.compile(r"^/challenges/([^/]+)$"), {"GET": self.challenge_state}),
-            (re.compile(r"^/challenges/([^/]+)/verify$"), {"POST": self.verify}),
-            (re.compile(r"^/factors$"), {"GET": self.list_factors}),
-            (re.compile(r"^/factors/totp$"), {"POST": self.enrol_totp}),
-            (re.compile(r"^/factors/([^/]+)/confirm$"), {"POST": self.confirm}),
-            (re.compile(r"^/factors/([^/]+)$"), {"DELETE": self.delete_factor}),
-            (re.compile(r"^/recovery-codes$"), {"POST": self.recovery_codes}),
+            (re.compile(r"^/config\Z"), {"GET": self.config}),
+            (re.compile(r"^/challenges\Z"), {"POST": self.create_challenge}),
+            (re.compile(r"^/challenges/([^/]+)\Z"), {"GET": self.challenge_state}),
+            (re.compile(r"^/challenges/([^/]+)/verify\Z"), {"POST": self.verify}),
+            (re.compile(r"^/factors\Z"), {"GET": self.list_factors}),
+            (re.compile(r"^/factors/totp\Z"), {"POST": self.enrol_totp}),
+            (re.compile(r"^/factors/([^/]+)/confirm\Z"), {"POST": self.confirm}),
+            (re.compile(r"^/factors/([^/]+)\Z"), {"DELETE": self.delete_factor}),
+            (re.compile(r"^/recovery-codes\Z"), {"POST": self.recovery_codes}),
         ]
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath) -> None:

@@ -19,7 +19,7 @@ import bcrypt
 from .config import BasicIdentity, HeaderIdentity
 from .proxy import Forwarder, HeaderPolicy
 
-_USER = re.compile(r"^[^\x00-\x1f\x7f:]{1,128}$")
+_USER = re.compile(r"^[^\x00-\x1f\x7f:]{1,128}\Z")
 # Verified against when the user is unknown, so both paths cost one bcrypt check.
 _DUMMY_HASH = bcrypt.hashpw(b"stepgate-dummy", bcrypt.gensalt(rounds=10))
 

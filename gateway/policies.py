@@ -20,9 +20,9 @@ Binding = Literal["request", "route", "session"]
 BINDINGS = ("request", "route", "session")
 MAX_TTL = 15 * 60.0
 DEFAULT_TTL = {"request": 120.0, "route": 120.0, "session": 300.0}
-_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-_JSON_PATH = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])+)$")
+_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*\Z")
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+_JSON_PATH = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])+)\Z")
 _JSON_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
 _OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "present", "regex")
 _ABSENT = object()
@@ -151,7 +151,7 @@ def compile_path(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
         rx += "/?"  # a trailing slash must not step around a rule
     if pattern == "/":
         rx = "/"
-    return re.compile("^" + rx + "$", re.IGNORECASE if case_insensitive else 0)
+    return re.compile("^" + rx + r"\Z", re.IGNORECASE if case_insensitive else 0)
 
 
 def _check_pattern(pattern: str) -> bool:
@@ -442,7 +442,7 @@ def _rule(data: Any, index: int, source: str, errors: list[str], known_factors: 
             r.error("action", "no action (or 'require') when 'require' is given", action)
         requirement = _requirement(req_reader, name or f"rule-{index + 1}", known_factors)
         action = "require"
-    elif action == "require" or action is None:
+    elif action == "require" or (action is None and not r.has("action")):
         r.error("require", "a 'require' section or 'action: allow|deny'", MISSING)
     r.finish()
     if not r.ok:

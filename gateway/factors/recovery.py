@@ -13,7 +13,7 @@ from .base import Started, Verification
 GROUPS = 4
 GROUP = 4  # 16 base32 characters = 80 bits per code
 _CLEAN = re.compile(r"[\s-]")
-_VALID = re.compile(r"^[A-Z2-7]{16}$")
+_VALID = re.compile(r"[A-Z2-7]{16}")
 
 
 def format_code(raw: str) -> str:
@@ -26,7 +26,7 @@ def new_codes(count: int) -> list[str]:
 
 def normalise(code: str) -> str | None:
     clean = _CLEAN.sub("", code).upper()
-    return clean if _VALID.match(clean) else None
+    return clean if _VALID.fullmatch(clean) else None
 
 
 def code_hash(user: str, code: str) -> str:

@@ -16,7 +16,8 @@ from ..keys import KeyRing
 from ..store import ChallengeRecord, FactorRecord, Store
 from .base import Started, Verification
 
-CODE = re.compile(r"^\d{6}$")
+# ASCII digits only: \d would admit other scripts' digits, and $ a trailing newline.
+CODE = re.compile(r"[0-9]{6}")
 STEP = 30
 SECRET_BYTES = 20  # 160 bits, RFC 4226 §4 recommendation
 
@@ -53,7 +54,7 @@ def seal(keys: KeyRing, user: str, factor_id: str, secret: str) -> str:
 
 def matching_step(secret: str, code: str, now: float) -> int | None:
     """The time step whose code equals ``code`` within ±1 step, compared in constant time."""
-    if not CODE.match(code):
+    if not CODE.fullmatch(code):
         return None
     totp = pyotp.TOTP(secret)
     current = int(now // STEP)
@@ -87,7 +88,7 @@ class TotpFactor:
 
     async def verify(self, user: str, challenge: ChallengeRecord, records: list[FactorRecord],
                      code: str, now: float) -> Verification:
-        if not CODE.match(code):
+        if not CODE.fullmatch(code):
             return Verification(False)
         for record in records:
             if record.type == "totp" and record.status == "active":

@@ -1,0 +1,92 @@
+"""Header hygiene on the way up and down (SPEC §9), table-driven."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from gateway.proxy import HeaderPolicy
+
+OWN = ["X-Stepgate-Token", "X-Stepgate-User", "X-Stepgate-Rule", "X-Stepgate-Factor",
+       "X-Stepgate-Verified-At"]
+TRUST = [ipaddress.ip_network("10.0.0.0/8")]
+
+
+def outbound(headers: list[tuple[bytes, bytes]], client: str = "192.0.2.1",
+             extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
+    return HeaderPolicy(OWN, TRUST).request(headers, client=client, scheme="http",
+                                            host=b"gw.example", extra=extra or [])
+
+
+STRIPPED = [
+    (b"connection", b"keep-alive"),
+    (b"keep-alive", b"timeout=5"),
+    (b"proxy-connection", b"keep-alive"),
+    (b"te", b"trailers"),
+    (b"trailer", b"x"),
+    (b"transfer-encoding", b"chunked"),
+    (b"upgrade", b"h2c"),
+    (b"proxy-authorization", b"Basic x"),
+    (b"x-stepgate-token", b"forged"),
+    (b"x_stepgate_token", b"forged"),
+    (b"x-stepgate-user", b"root"),
+    (b"x_stepgate_user", b"root"),
+    (b"x-stepgate-rule", b"r"),
+    (b"x-stepgate-factor", b"totp"),
+    (b"x-stepgate-verified-at", b"now"),
+    (b"x_stepgate-verified_at", b"now"),
+    (b"forwarded", b"for=1.2.3.4"),
+    (b"x-real-ip", b"1.2.3.4"),
+    (b"host", b"evil"),
+    (b"expect", b"100-continue"),
+]
+
+
+@pytest.mark.parametrize("name,value", STRIPPED)
+def test_stripped(name: bytes, value: bytes) -> None:
+    out = outbound([(name, value), (b"accept", b"*/*")])
+    assert (name, value) not in out
+    assert (b"accept", b"*/*") in out
+
+
+def test_headers_named_in_connection_are_removed_before_ours_are_added() -> None:
+    # A client naming our evidence header in Connection must not make us drop our own copy.
+    out = outbound([(b"connection", b"x-secret, X-Stepgate-User"), (b"x-secret", b"1")],
+                   extra=[(b"x-stepgate-user", b"alice")])
+    assert (b"x-secret", b"1") not in out
+    assert out.count((b"x-stepgate-user", b"alice")) == 1
+
+
+def test_forwarding_headers_from_untrusted_clients_are_replaced() -> None:
+    out = dict(outbound([(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-proto", b"https"),
+                         (b"x-forwarded-host", b"evil")]))
+    assert out[b"x-forwarded-for"] == b"192.0.2.1"
+    assert out[b"x-forwarded-proto"] == b"http"
+    assert out[b"x-forwarded-host"] == b"gw.example"
+    assert out[b"via"] == b"1.1 stepgate"
+
+
+def test_forwarding_headers_from_trusted_proxies_are_extended() -> None:
+    out = dict(outbound([(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-proto", b"https"),
+                         (b"x-forwarded-host", b"api.example"), (b"via", b"1.1 lb")],
+                        client="10.1.2.3"))
+    assert out[b"x-forwarded-for"] == b"1.1.1.1, 10.1.2.3"
+    assert out[b"x-forwarded-proto"] == b"https"
+    assert out[b"x-forwarded-host"] == b"api.example"
+    assert out[b"via"] == b"1.1 lb, 1.1 stepgate"
+
+
+def test_passed_through_untouched() -> None:
+    keep = [(b"authorization", b"Basic abc"), (b"cookie", b"a=1"), (b"cookie", b"b=2"),
+            (b"accept-encoding", b"gzip"), (b"content-length", b"3"), (b"content-type", b"x/y")]
+    out = outbound(keep)
+    assert out[: len(keep)] == keep
+
+
+def test_response_hop_by_hop_removed_and_duplicates_kept() -> None:
+    resp = [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"connection", b"x-hop"),
+            (b"x-hop", b"1"), (b"keep-alive", b"t"), (b"transfer-encoding", b"chunked"),
+            (b"content-encoding", b"gzip")]
+    assert HeaderPolicy.response(resp) == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
+                                           (b"content-encoding", b"gzip")]

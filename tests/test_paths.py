@@ -1,0 +1,88 @@
+"""The canonicaliser, one row per bypass class (SPEC §9)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.paths import canonicalize
+from gateway.problems import Problem
+
+STRICT = [
+    # raw path, decoded path for matching (None: rejected with 400)
+    ("/", "/"),
+    ("/a/b", "/a/b"),
+    ("/a/b/", "/a/b/"),
+    ("/%61dmin", "/admin"),
+    ("/caf%C3%A9", "/café"),
+    ("/a%20b", "/a b"),
+    ("//a", None),
+    ("/a//b", None),
+    ("/a/./b", None),
+    ("/a/../b", None),
+    ("/a/..", None),
+    ("/.", None),
+    ("/a/%2e%2e/b", None),
+    ("/a/%2E%2E/b", None),
+    ("/a/%2e/b", None),
+    ("/a/.%2e/b", None),
+    ("/a/%252e%252e/b", None),
+    ("/a/%252F", None),
+    ("/a%2fb", None),
+    ("/a%2Fb", None),
+    ("/a%5cb", None),
+    ("/a%5Cb", None),
+    ("/a\\b", None),
+    ("/a%00b", None),
+    ("/a\x00b", None),
+    ("/a;b", None),
+    ("/a%3bb", None),
+    ("/a#b", None),
+    ("/a%zz", None),
+    ("/a%4", None),
+    ("/a%", None),
+    ("/a%0a", None),
+    ("/a b", None),
+    ("a/b", None),
+    ("*", None),
+    ("/%C3%28", None),  # invalid UTF-8
+    ("/é".encode("utf-8").decode("latin-1"), None),  # raw non-ASCII byte
+]
+
+
+@pytest.mark.parametrize("raw,decoded", STRICT)
+def test_strict(raw: str, decoded: str | None) -> None:
+    data = raw.encode("latin-1")
+    if decoded is None:
+        with pytest.raises(Problem) as err:
+            canonicalize(data)
+        assert err.value.status == 400
+        assert err.value.name == "non-canonical-path"
+    else:
+        cp = canonicalize(data)
+        assert cp.decoded == decoded
+        assert cp.raw == raw  # forwarded byte for byte
+
+
+NORMALIZE = [
+    ("//a", "/a"),
+    ("/a//b", "/a/b"),
+    ("/a/./b", "/a/b"),
+    ("/a/../b", "/b"),
+    ("/../../a", "/a"),
+    ("/a/b/..", "/a/"),
+    ("/a/.", "/a/"),
+    ("/a/b/", "/a/b/"),
+]
+
+
+@pytest.mark.parametrize("raw,forwarded", NORMALIZE)
+def test_normalize(raw: str, forwarded: str) -> None:
+    cp = canonicalize(raw.encode(), normalize=True)
+    assert cp.raw == forwarded
+    assert cp.decoded == forwarded
+
+
+@pytest.mark.parametrize("raw", ["/a/%2e%2e/b", "/a%2fb", "/a\\b", "/a;b", "/a%00"])
+def test_normalize_still_rejects_encoded_tricks(raw: str) -> None:
+    with pytest.raises(Problem):
+        canonicalize(raw.encode(), normalize=True)

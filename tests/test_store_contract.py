@@ -1,0 +1,153 @@
+"""The store contract, run against every backend (only SQLite so far)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.store import ChallengeRecord, FactorRecord, Store, StoreUnavailable, open_store
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path}/s.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def factor(fid: str = "f1", user: str = "alice", status: str = "active") -> FactorRecord:
+    return FactorRecord(fid, user, "totp", status, "phone", "v1.sealed", 100.0)  # type: ignore[arg-type]
+
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_factors_lifecycle(store: Store) -> None:
+    await store.add_factor(factor("f1", status="pending"))
+    await store.add_factor(factor("f2", user="bob"))
+    assert [f.id for f in await store.factors("alice")] == ["f1"]
+    assert await store.activate_factor("alice", "f1")
+    assert not await store.activate_factor("alice", "f1")
+    assert not await store.activate_factor("alice", "f2")  # bob's
+    assert not await store.delete_factor("alice", "f2")
+    assert await store.delete_factor("alice", "f1")
+    assert await store.factors("alice") == []
+
+
+async def test_totp_steps_only_move_forward(store: Store) -> None:
+    await store.add_factor(factor())
+    assert await store.advance_step("f1", 10, 1.0)
+    assert not await store.advance_step("f1", 10, 1.0)
+    assert not await store.advance_step("f1", 9, 1.0)
+    assert await store.advance_step("f1", 11, 1.0)
+    results = await asyncio.gather(*(store.advance_step("f1", 12, 1.0) for _ in range(10)))
+    assert results.count(True) == 1
+
+
+async def test_recovery_codes(store: Store) -> None:
+    await store.replace_recovery_codes("alice", ["h1", "h2"], 1.0)
+    assert await store.recovery_codes_left("alice") == 2
+    assert await store.consume_recovery_code("alice", "h1", 2.0)
+    assert not await store.consume_recovery_code("alice", "h1", 2.0)
+    assert not await store.consume_recovery_code("bob", "h2", 2.0)
+    await store.replace_recovery_codes("alice", ["h3"], 3.0)
+    assert not await store.consume_recovery_code("alice", "h2", 3.0)  # old set void
+    assert await store.recovery_codes_left("alice") == 1
+
+
+async def test_token_uses_reserve_commit_release(store: Store) -> None:
+    assert await store.reserve_use("j1", 1, 1000.0, 0.0, 30) == "ok"
+    assert await store.reserve_use("j1", 1, 1000.0, 0.0, 30) == "busy"
+    await store.release_use("j1")
+    assert await store.reserve_use("j1", 1, 1000.0, 0.0, 30) == "ok"
+    await store.commit_use("j1")
+    assert await store.reserve_use("j1", 1, 1000.0, 0.0, 30) == "used"
+    results = await asyncio.gather(*(store.reserve_use("j2", 1, 1000.0, 0.0, 30) for _ in range(20)))
+    assert results.count("ok") == 1 and results.count("busy") == 19
+    assert await store.reserve_use("j3", 2, 1000.0, 0.0, 30) == "ok"
+    assert await store.reserve_use("j3", 2, 1000.0, 0.0, 30) == "ok"
+    assert await store.reserve_use("j3", 2, 1000.0, 0.0, 30) == "busy"
+
+
+async def test_stale_reservation_lapses(store: Store) -> None:
+    assert await store.reserve_use("j", 1, 1000.0, 0.0, 30) == "ok"
+    assert await store.reserve_use("j", 1, 1000.0, 10.0, 30) == "busy"
+    assert await store.reserve_use("j", 1, 1000.0, 31.0, 30) == "ok"
+
+
+async def test_lockout_backoff_doubles_then_hard_locks(store: Store) -> None:
+    lock = None
+    for i in range(1, 31):
+        lock = await store.record_failure("u", 1000.0, 10, 300, 3600, 100)
+        if i == 10:
+            assert lock.locked_until == 1300.0
+        if i == 20:
+            assert lock.locked_until == 1600.0
+    assert lock is not None and lock.locked_until == 2200.0 and not lock.hard
+    for _ in range(70):
+        lock = await store.record_failure("u", 5000.0, 10, 300, 3600, 100)
+    assert lock.hard and lock.failures == 100
+    assert (await store.user_lock("u")).hard
+    await store.reset_failures("u")
+    assert await store.user_lock("u") == (await store.user_lock("nobody"))
+
+
+async def test_backoff_is_capped(store: Store) -> None:
+    for _ in range(90):
+        lock = await store.record_failure("u", 0.0, 10, 300, 3600, 100)
+    assert lock.locked_until == 3600.0
+
+
+async def test_windowed_counter(store: Store) -> None:
+    assert [await store.hit("k", 600, 10.0) for _ in range(3)] == [1, 2, 3]
+    assert await store.hit("k", 600, 601.0) == 1
+    assert await store.hit("other", 600, 601.0) == 1
+
+
+async def test_challenges(store: Store) -> None:
+    ch = ChallengeRecord("c1", "alice", "n1", "ticket", "totp", None, "pending", 2, 0.0, 300.0,
+                         600.0)
+    await store.add_challenge(ch)
+    assert await store.challenge("c1") == ch
+    assert await store.fail_challenge("c1") == 1
+    assert await store.fail_challenge("c1") == 0
+    assert (await store.challenge("c1")).state == "failed"  # type: ignore[union-attr]
+    assert not await store.verify_challenge("c1")
+    await store.add_challenge(ChallengeRecord("c2", "alice", "n1", "t", "email", None, "pending",
+                                              5, 0.0, 300.0, 600.0))
+    assert await store.verify_challenge("c2")
+    assert not await store.verify_challenge("c2")
+    assert await store.verified_factors("alice", "n1") == {"email"}
+    assert await store.verified_factors("bob", "n1") == set()
+
+
+async def test_audit_filters(store: Store) -> None:
+    for ts, user in [(1.0, "a"), (2.0, "b"), (3.0, "a")]:
+        await store.append_audit({"ts": ts, "user": user, "event": "x"})
+    assert [e["ts"] for e in await store.audit("a", None, None, 10)] == [1.0, 3.0]
+    assert [e["ts"] for e in await store.audit(None, 2.0, 3.0, 10)] == [2.0, 3.0]
+
+
+async def test_data_survives_reopen(tmp_path: Path) -> None:
+    path = f"sqlite:///{tmp_path}/p.db"
+    s = open_store(path)
+    await s.open()
+    await s.add_factor(factor())
+    await s.close()
+    s2 = open_store(path)
+    await s2.open()
+    assert [f.id for f in await s2.factors("alice")] == ["f1"]
+    await s2.close()
+
+
+async def test_unusable_store_raises_store_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "dir.db").mkdir()
+    s = open_store(f"sqlite:///{tmp_path}/dir.db")
+    with pytest.raises(StoreUnavailable):
+        await s.open()
+    with pytest.raises(StoreUnavailable):
+        await s.factors("alice")
