@@ -224,6 +224,9 @@ class _HttpxResponse:
 
     async def body(self) -> AsyncIterator[bytes]:
         import httpx
+        if hasattr(self._resp, "_content"):  # already read (e.g. a MockTransport response)
+            yield self._resp.content
+            return
         try:
             async for chunk in self._resp.aiter_raw():
                 yield chunk
