@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +34,11 @@ def store_down() -> Problem:
     return Problem(503, "store-unavailable", "Service unavailable",
                    detail="the gateway cannot reach its store; protected routes are closed",
                    headers=[(b"retry-after", b"5")])
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso(ts: float) -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)).encode()
 
 
 class Gateway:
@@ -77,6 +83,7 @@ class Gateway:
         self.prefix_slash = settings.prefix + "/"
         self.endpoints = Endpoints(self)
         self._started = False
+        self._token_cache: dict[bytes, Token] = {}
 
     # ------------------------------------------------------------------ ASGI
 
@@ -89,6 +96,7 @@ class Gateway:
         if self._started:
             await self.forwarder.aclose()
             await self.store.close()
+            self.audit.close()
             self._started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -164,9 +172,7 @@ class Gateway:
             rule = self.policy.match(dataclasses.replace(req, body=body))
         action = rule.action if rule is not None else self.policy.default_action
         if action == "allow":
-            if self.audit_allowed:
-                await self.audit.emit("allowed", rule=rule.name if rule else None,
-                                      method=method, path=cp.raw)
+            self.audit.forwarded("allowed", rule.name if rule else None, method, cp.raw)
             await self.forward(scope, receive, send, cp, body, has_body, [])
             return
         if action == "deny" or rule is None or rule.require is None:
@@ -176,8 +182,6 @@ class Gateway:
                           detail="the gateway's policy denies this request",
                           rule=rule.name if rule else None)
         await self.protect(scope, receive, send, cp, rule, body, has_body)
-
-    audit_allowed = True
 
     async def _buffer(self, receive: Receive, headers: Any) -> bytes:
         encoding = header(headers, b"content-encoding")
@@ -206,7 +210,7 @@ class Gateway:
         token: Token | None = None
         now = self.clock()
         if value is not None:
-            token = self.signer.read_token(value.decode("latin-1"), now)
+            token = self.read_token(value, now)
             reason = "token is invalid or expired" if token is None else token_fits(
                 token, rule, user, bound, now)
             if reason is not None:
@@ -229,8 +233,7 @@ class Gateway:
             raise self.challenge(rule, user, bound)
         extra = self.evidence(user, rule.name, "+".join(token.factors), token.verified_at)
         if token.uses == 0:
-            await self.audit.emit("token_used", user=user, rule=rule.name, method=method,
-                                  path=cp.raw, binding=token.binding)
+            self.audit.forwarded("token_used", rule.name, method, cp.raw, user, token.binding)
             await self.forward(scope, receive, send, cp, body, has_body, extra)
             return
         result = await self.store.reserve_use(
@@ -244,9 +247,25 @@ class Gateway:
             await self.audit.emit("token_rejected", user=user, rule=rule.name,
                                   reason="token already used", method=method, path=cp.raw)
             raise self.challenge(rule, user, bound, detail="token already used")
-        await self.audit.emit("token_used", user=user, rule=rule.name, method=method,
-                              path=cp.raw, binding=token.binding)
+        self.audit.forwarded("token_used", rule.name, method, cp.raw, user, token.binding)
         await self.forward(scope, receive, send, cp, body, has_body, extra, reservation=token.jti)
+
+    def read_token(self, value: bytes, now: float) -> Token | None:
+        """Signature-checked tokens; session tokens are remembered so their reuse costs a
+        dictionary lookup instead of an HMAC (bounded; expiry is still checked)."""
+        token = self._token_cache.get(value)
+        if token is None:
+            token = self.signer.read_token(value.decode("latin-1"), now)
+            if token is None:
+                return None
+            if token.uses == 0:
+                if len(self._token_cache) >= 4096:
+                    self._token_cache.clear()
+                self._token_cache[value] = token
+        if token.expires < now:
+            self._token_cache.pop(value, None)
+            return None
+        return token
 
     async def identify(self, scope: Scope) -> str | None:
         if self.identity is None:
@@ -267,7 +286,7 @@ class Gateway:
         u, r, f, v = self.ev
         out = [(u, user.encode()), (r, rule.encode()), (f, factor.encode())]
         if verified_at is not None:
-            out.append((v, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(verified_at)).encode()))
+            out.append((v, _iso(verified_at)))
         return out
 
     def not_enrolled(self, req: Requirement) -> Problem:
@@ -335,8 +354,17 @@ class Gateway:
                     else:
                         await self.store.release_use(reservation)
                     settled = True
+                headers = self.headers.response(resp.headers)
+                try:
+                    small = await resp.small_body()
+                except (ConnectionError, asyncio.TimeoutError):
+                    raise Problem(502, "upstream-unavailable", "Upstream unavailable",
+                                  detail="the upstream response broke off") from None
                 await send({"type": "http.response.start", "status": resp.status,
-                            "headers": self.headers.response(resp.headers)})
+                            "headers": headers})
+                if small is not None:
+                    await send({"type": "http.response.body", "body": small})
+                    return
                 try:
                     async for chunk in resp.body():
                         await send({"type": "http.response.body", "body": chunk,

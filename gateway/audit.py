@@ -1,7 +1,14 @@
-"""Structured audit events: one JSON line per decision, never a code, token or secret."""
+"""Structured audit events: one JSON line per decision, never a code, token or secret.
+
+Lines are buffered and flushed at least once a second and at shutdown, so the
+forwarding hot path pays for a string format, not a system call. Events about
+factors, challenges, lockouts and refusals of a known user are also written to the
+store, where the admin API reads them; routine forwards stay in the stream only.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -10,8 +17,8 @@ from typing import IO, Any
 
 from .store import Store, StoreUnavailable
 
-# Events that only record routine forwarding stay out of the store's audit table.
-_STREAM_ONLY = frozenset({"allowed"})
+_STREAM_ONLY = frozenset({"allowed", "token_used"})
+FLUSH_EVERY = 1.0
 
 
 class Audit:
@@ -19,24 +26,61 @@ class Audit:
                  stream: IO[str] | None = None) -> None:
         self.clock = clock
         self.store = store
+        self._own = False
         if stream is not None:
             self.out = stream
         elif path == "-":
             self.out = sys.stdout
         else:
-            self.out = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self.out = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            self._own = True
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _write(self, line: str) -> None:
+        self._pending.append(line)
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        if self._pending:
+            self.out.write("".join(self._pending))
+            self._pending.clear()
+            self.out.flush()
+
+    def forwarded(self, event: str, rule: str | None, method: str, path: str,
+                  user: str | None = None, binding: str | None = None) -> None:
+        """The hot-path events. Rule names, methods and canonical paths never need JSON
+        escaping (validated names, RFC 9110 tokens, canonical pchars); user names do."""
+        line = f'{{"ts":{self.clock():.3f},"event":"{event}"'
+        if user is not None:
+            line += f',"user":{json.dumps(user)}'
+        if rule is not None:
+            line += f',"rule":"{rule}"'
+        line += f',"method":"{method}","path":"{path}"'
+        if binding is not None:
+            line += f',"binding":"{binding}"'
+        self._write(line + "}\n")
 
     async def emit(self, event: str, **fields: Any) -> None:
         doc = {"ts": round(self.clock(), 3), "event": event}
         doc.update((k, v) for k, v in fields.items() if v is not None)
-        self.out.write(json.dumps(doc, separators=(",", ":")) + "\n")
-        self.out.flush()
-        if self.store is not None and event not in _STREAM_ONLY:
+        self._write(json.dumps(doc, separators=(",", ":")) + "\n")
+        if self.store is not None and event not in _STREAM_ONLY and fields.get("user"):
             try:
                 await self.store.append_audit(doc)
             except StoreUnavailable:
-                pass  # the stream line above is the record of last resort
+                pass  # the stream line is the record of last resort
 
     def close(self) -> None:
-        if self.out not in (sys.stdout, sys.stderr):
+        if self._timer is not None:
+            self._timer.cancel()
+        self.flush()
+        if self._own:
             self.out.close()

@@ -126,9 +126,17 @@ class HeaderPolicy:
         return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in drop]
 
 
+SMALL_BODY = 64 * 1024
+
+
 class UpstreamResponse(Protocol):
     status: int
     headers: Headers
+
+    async def small_body(self) -> bytes | None:
+        """The whole body when the upstream declared it at most SMALL_BODY bytes long
+        (one send instead of a stream); None when it must be streamed."""
+        ...
 
     def body(self) -> AsyncIterator[bytes]: ...
     async def aclose(self) -> None: ...
@@ -150,6 +158,16 @@ class _AiohttpResponse:
         self._resp = resp
         self.status = resp.status
         self.headers = [(k.lower(), v) for k, v in resp.raw_headers]
+
+    async def small_body(self) -> bytes | None:
+        import aiohttp
+        length = self._resp.content_length
+        if length is None or length > SMALL_BODY:
+            return None
+        try:
+            return bytes(await self._resp.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ConnectionError("upstream body interrupted") from exc
 
     async def body(self) -> AsyncIterator[bytes]:
         import aiohttp
@@ -221,6 +239,9 @@ class _HttpxResponse:
         self._resp = resp
         self.status = resp.status_code
         self.headers = [(k.lower(), v) for k, v in resp.headers.raw]
+
+    async def small_body(self) -> bytes | None:
+        return None
 
     async def body(self) -> AsyncIterator[bytes]:
         import httpx

@@ -344,6 +344,7 @@ async def test_management_needs_step_up_and_binds_to_the_change(env: Env) -> Non
                                    headers={"X-Stepgate-Token": tok})
     assert gone.status_code == 204
     assert (await env.client.get(f"{P}/factors", auth=("alice", PW))).json()["factors"] == []
+    env.app.audit.flush()
     events = [json.loads(line)["event"] for line in env.audit.getvalue().splitlines()]
     assert "factor_removed" in events
 
