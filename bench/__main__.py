@@ -43,6 +43,14 @@ def ensure_tools() -> None:
                     "curl"], check=True, env=env)
 
 
+def pinned(cmd: list[str], cpu: int) -> list[str]:
+    """Proxies under test on CPU 0, load generator and upstream on CPU 1: on a 2-core
+    machine this keeps them from trading places and makes runs comparable."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu), *cmd]
+    return cmd
+
+
 def nginx_bin() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -64,7 +72,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise SystemExit(f"bench: nothing listens on {port} after {timeout}s")
 
 
-def start_nginx(d: Path, name: str, server: str) -> subprocess.Popen[bytes]:
+def start_nginx(d: Path, name: str, server: str, cpu: int) -> subprocess.Popen[bytes]:
     conf = d / f"{name}.conf"
     (d / name).mkdir(exist_ok=True)
     conf.write_text(f"""
@@ -84,7 +92,7 @@ http {{
   {server}
 }}
 """)
-    return subprocess.Popen([nginx_bin(), "-c", str(conf), "-p", str(d)],
+    return subprocess.Popen(pinned([nginx_bin(), "-c", str(conf), "-p", str(d)], cpu),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -120,12 +128,16 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, *, seconds: float, connections: int, threads: int = 1,
-        script: Path | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+        script: Path | None = None, env: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
            "-T5s"]
+    for k, v in (headers or {}).items():
+        cmd += ["-H", f"{k}: {v}"]
     if script is not None:
         cmd += ["-s", str(script)]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(pinned(cmd + [url], 1), capture_output=True, text=True, env=env,
+                         check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = 0
@@ -139,33 +151,63 @@ def wrk(url: str, *, seconds: float, connections: int, threads: int = 1,
             "p99_ms": round(_ms(lat.get("99", "nan")), 3), "errors": errors, "requests": total}
 
 
-LIST_SCRIPT = """
-local lines = {}
-local counter = 0
-local id = 0
-local nthreads = tonumber(os.getenv("BENCH_THREADS") or "1")
-local threads_made = 0
-function setup(thread)
-  thread:set("id", threads_made)
-  threads_made = threads_made + 1
-end
-function init(args)
-  local i = 0
-  for line in io.lines(os.getenv("BENCH_LIST")) do
-    if i % nthreads == id then table.insert(lines, line) end
-    i = i + 1
-  end
-end
-function request()
-  counter = counter + 1
-  local line = lines[((counter - 1) % #lines) + 1]
-  local method, path, auth, extra_name, extra_value, body =
-    line:match("([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t(.*)")
-  local headers = {["Authorization"] = auth, ["Content-Type"] = "application/json"}
-  if extra_name ~= "" then headers[extra_name] = extra_value end
-  return wrk.format(method, path, headers, body)
-end
-"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    row = dict(ordered[len(ordered) // 2])
+    row["rps_runs"] = [r["rps"] for r in runs]
+    if "cpu_us_per_req" in row:
+        cpu = sorted(r["cpu_us_per_req"] for r in runs)
+        row["cpu_us_per_req"] = cpu[len(cpu) // 2]
+    return row
+
+
+def fire_list(base: str, path: Path, concurrency: int) -> dict[str, Any]:
+    """Send every request of a list exactly once (aiohttp, keep-alive), timing the whole.
+
+    For one-shot work (single-use tokens, challenges) where wrk would cycle its list.
+    The client shares the machine with the gateway, so these figures are conservative.
+    """
+    import aiohttp
+
+    lines = [line.split("\t") for line in path.read_text().splitlines() if line]
+
+    async def main() -> dict[str, Any]:
+        latencies: list[float] = []
+        errors = 0
+        queue = list(reversed(lines))
+        conn = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(base, connector=conn) as session:
+            async def worker() -> None:
+                nonlocal errors
+                while queue:
+                    method, target, auth, name, value, body = queue.pop()
+                    headers = {"Authorization": auth, "Content-Type": "application/json"}
+                    if name:
+                        headers[name] = value
+                    t = time.perf_counter()
+                    async with session.request(method, target, headers=headers,
+                                               data=body.encode()) as resp:
+                        await resp.read()
+                        if resp.status >= 400:
+                            errors += 1
+                    latencies.append((time.perf_counter() - t) * 1000)
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - t0
+        latencies.sort()
+        return {"rps": round(len(lines) / elapsed, 1),
+                "p50_ms": round(latencies[len(latencies) // 2], 3),
+                "p99_ms": round(latencies[int(len(latencies) * 0.99)], 3),
+                "errors": errors, "requests": len(lines)}
+    return asyncio.run(main())
 
 
 class Rss:
@@ -298,6 +340,7 @@ def verify_list(d: Path, data: dict[str, Any]) -> Path:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     ensure_tools()
     d = Path(tempfile.mkdtemp(prefix="stepgate-bench-"))
+    d.chmod(0o755)  # nginx workers run unprivileged and must read the files below
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                                "seconds": args.seconds, "connections": args.connections}
@@ -307,56 +350,65 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         big = files / "big.bin"
         with open(big, "wb") as fh:
             fh.truncate(args.stream_mb * 1_000_000)
+        big.chmod(0o644)
         up, nx, ref, gw = free_port(), free_port(), free_port(), free_port()
-        procs.append(start_nginx(d, "upstream", upstream_server(up, files)))
-        procs.append(start_nginx(d, "proxy", proxy_server(nx, up)))
-        procs.append(subprocess.Popen(
+        procs.append(start_nginx(d, "upstream", upstream_server(up, files), 1))
+        procs.append(start_nginx(d, "proxy", proxy_server(nx, up), 0))
+        ref_proc = subprocess.Popen(pinned(
             [sys.executable, "-m", "uvicorn", "bench.refproxy:app", "--host", "127.0.0.1",
              "--port", str(ref), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-             "--no-server-header", "--no-date-header", "--log-level", "warning"],
-            cwd=ROOT, env=dict(os.environ, REF_UPSTREAM=f"http://127.0.0.1:{up}")))
+             "--no-server-header", "--no-date-header", "--no-proxy-headers", "--log-level",
+             "warning"], 0),
+            cwd=ROOT, env=dict(os.environ, REF_UPSTREAM=f"http://127.0.0.1:{up}"))
+        procs.append(ref_proc)
         keys, data = setup_gateway(d, up, gw, args.tokens, args.verify)
-        gw_proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config",
-                                    str(d / "config.yaml")], cwd=ROOT,
+        gw_proc = subprocess.Popen(pinned([sys.executable, "-m", "gateway", "run", "--config",
+                                           str(d / "config.yaml")], 0), cwd=ROOT,
                                    env=dict(os.environ, **keys), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         procs.append(gw_proc)
         for port in (up, nx, ref, gw):
             wait_port(port)
         s, c = args.seconds, args.connections
-        session_list = d / "session.tsv"
-        session_list.write_text(f"GET\t/session/a\t{data['auth']}\tX-Stepgate-Token\t"
-                                f"{data['session']}\t\n")
-        script = d / "list.lua"
-        script.write_text(LIST_SCRIPT)
 
-        def listed(url: str, path: Path, seconds: float, conns: int) -> dict[str, Any]:
-            env = dict(os.environ, BENCH_LIST=str(path), BENCH_THREADS="1")
-            return wrk(url, seconds=seconds, connections=conns, script=script, env=env)
 
         # warm every server and the identity cache
         for port in (up, nx, ref, gw):
             wrk(f"http://127.0.0.1:{port}/public/x", seconds=1, connections=c)
-        listed(f"http://127.0.0.1:{gw}", session_list, 1, c)
+        wrk(f"http://127.0.0.1:{gw}/session/a", seconds=1, connections=c,
+            headers={"Authorization": data["auth"], "X-Stepgate-Token": data["session"]})
         rows: dict[str, dict[str, Any]] = {}
-        rows["upstream direct"] = wrk(f"http://127.0.0.1:{up}/public/x", seconds=s, connections=c)
-        rows["nginx proxy_pass"] = wrk(f"http://127.0.0.1:{nx}/public/x", seconds=s, connections=c)
-        rows["reference proxy"] = wrk(f"http://127.0.0.1:{ref}/public/x", seconds=s, connections=c)
-        rows["gateway allowed"] = wrk(f"http://127.0.0.1:{gw}/public/x", seconds=s, connections=c)
-        rows["gateway session token"] = listed(f"http://127.0.0.1:{gw}", session_list, s, c)
-        tok_seconds = min(s, max(1.0, args.tokens / 2500))
-        rows["gateway request tokens"] = listed(f"http://127.0.0.1:{gw}", d / "tokens.tsv",
-                                                tok_seconds, c)
-        rows["gateway request tokens"]["note"] = (
-            f"{args.tokens} pre-minted tokens; requests beyond them are replays (401)")
+        auth_headers = {"Authorization": data["auth"], "X-Stepgate-Token": data["session"]}
+        scenarios: list[tuple[str, str, int | None, dict[str, str] | None]] = [
+            ("upstream direct", f"http://127.0.0.1:{up}/public/x", None, None),
+            ("nginx proxy_pass", f"http://127.0.0.1:{nx}/public/x", None, None),
+            ("reference proxy", f"http://127.0.0.1:{ref}/public/x", ref_proc.pid, None),
+            ("gateway allowed", f"http://127.0.0.1:{gw}/public/x", gw_proc.pid, None),
+            ("gateway session token", f"http://127.0.0.1:{gw}/session/a", gw_proc.pid,
+             auth_headers),
+        ]
+        # Interleaved rounds, medians reported: one run alone swings by 20 % on a shared
+        # 2-core machine; CPU time per request is the steadier figure.
+        samples: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in scenarios}
+        for _ in range(args.rounds):
+            for name, url, pid, hdrs in scenarios:
+                before = cpu_seconds(pid) if pid else 0.0
+                row = wrk(url, seconds=s, connections=c, headers=hdrs)
+                if pid:
+                    row["cpu_us_per_req"] = round(
+                        (cpu_seconds(pid) - before) * 1e6 / max(1, row["requests"]), 1)
+                samples[name].append(row)
+        for name, runs in samples.items():
+            rows[name] = median_row(runs)
+        rows["gateway request tokens"] = fire_list(f"http://127.0.0.1:{gw}", d / "tokens.tsv", c)
+        rows["gateway request tokens"]["note"] = f"{args.tokens} pre-minted tokens, each used once"
         # warm the identity cache for the verify users, then verify each challenge once
         warm = d / "warm.tsv"
         warm.write_text("".join(f"GET\t/.stepgate/factors\t{line.split(chr(9))[2]}\t\t\t\n"
                                 for line in verify_list(d, data).read_text().splitlines()))
-        listed(f"http://127.0.0.1:{gw}", warm, max(1.0, args.verify / 500), 4)
+        fire_list(f"http://127.0.0.1:{gw}", warm, 8)
         vlist = verify_list(d, data)
-        rows["verify endpoint"] = listed(f"http://127.0.0.1:{gw}", vlist,
-                                         max(1.0, args.verify / 1500), 4)
+        rows["verify endpoint"] = fire_list(f"http://127.0.0.1:{gw}", vlist, 8)
         rows["verify endpoint"]["note"] = f"{args.verify} pending challenges, each verified once"
         lat_up = wrk(f"http://127.0.0.1:{up}/public/x", seconds=s, connections=1)
         lat_gw = wrk(f"http://127.0.0.1:{gw}/public/x", seconds=s, connections=1)
@@ -370,14 +422,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stream: dict[str, Any] = {}
         with Rss(gw_proc.pid) as rss:
             t0 = time.monotonic()
-            subprocess.run(["curl", "-sS", "-o", "/dev/null", f"http://127.0.0.1:{gw}/public/big.bin"],
-                           check=True)
+            got = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                                  f"http://127.0.0.1:{gw}/public/big.bin"], check=True,
+                                 capture_output=True, text=True).stdout.split()
             stream["download_s"] = round(time.monotonic() - t0, 2)
+            stream["download_status_bytes"] = [int(x) for x in got]
         stream["download_rss_growth_mb"] = rss.growth_mb
         with Rss(gw_proc.pid) as rss:
             t0 = time.monotonic()
-            subprocess.run(["curl", "-sS", "-o", "/dev/null", "-H", "Expect:", "--data-binary",
-                            f"@{big}", f"http://127.0.0.1:{gw}/public/upload"], check=True)
+            got = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}",
+                                  "-H", "Expect:", "--data-binary", f"@{big}",
+                                  f"http://127.0.0.1:{gw}/public/upload"], check=True,
+                                 capture_output=True, text=True).stdout.split()
+            stream["upload_status_bytes"] = [int(x) for x in got]
             stream["upload_s"] = round(time.monotonic() - t0, 2)
         stream["upload_rss_growth_mb"] = rss.growth_mb
         stream["size_mb"] = args.stream_mb
@@ -404,10 +461,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [f"{'scenario':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"]
+    lines = [f"{'scenario':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"
+             f"{'CPU us/req':>12}"]
     for name, row in results["rows"].items():
+        cpu = row.get("cpu_us_per_req")
         lines.append(f"{name:<26}{row['rps']:>10.0f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
-                     f"{row['errors']:>8}")
+                     f"{row['errors']:>8}{'' if cpu is None else f'{cpu:>12.1f}'}")
     lat = results["latency_c1"]
     lines.append("")
     lines.append(f"concurrency 1: upstream p50 {lat['upstream']['p50_ms']:.3f} ms, gateway p50 "
@@ -425,7 +484,8 @@ def report(results: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
+    p.add_argument("--seconds", type=float, default=4.0, help="per throughput run")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds, medians reported")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--tokens", type=int, default=20000, help="pre-minted single-use tokens")
     p.add_argument("--verify", type=int, default=1500, help="challenges to verify")

@@ -84,8 +84,13 @@ class Endpoints:
                 allow = ", ".join(methods).encode()
                 raise Problem(405, "method-not-allowed", "Method not allowed",
                               headers=[(b"allow", allow)])
+            async def tracking_send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    scope["stepgate.started"] = True
+                await send(message)
+
             try:
-                await handler(scope, receive, send, cp, *m.groups())
+                await handler(scope, receive, tracking_send, cp, *m.groups())
             finally:
                 jti = scope.pop("stepgate.reservation", None)
                 if jti is not None:  # the change failed: the token may be used again

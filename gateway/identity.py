@@ -128,7 +128,8 @@ class ProbeIdentity:
         key = self.cache.key(user, password)
         cached = self.cache.get(key)
         if cached is None:
-            auth = [(k, v) for k, v in headers if k == b"authorization"]
+            auth = [("authorization", v.decode("latin-1")) for k, v in headers
+                    if k == b"authorization"]
             resp = await self.forwarder.send("GET", self.path, auth, None)
             try:
                 cached = 200 <= resp.status < 300

@@ -122,7 +122,7 @@ class Rule:
         return f"rule #{self.index + 1} ('{self.name}') in {self.source}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestView:
     """What matching may look at; ``body`` is None until a JSON rule needs it."""
 

@@ -16,7 +16,11 @@ HOP_BY_HOP = frozenset({
 })
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                         b"forwarded", b"x-real-ip"})
-VIA = b"1.1 stepgate"
+VIA = "1.1 stepgate"
+# Dropped from every client request: hop-by-hop fields, Host (the client stack sets the
+# upstream's) and Expect (the gateway already answered any 100-continue).
+_SKIP = HOP_BY_HOP | {b"host", b"expect"}
+StrHeaders = list[tuple[str, str]]
 
 
 class UpstreamError(Problem):
@@ -80,50 +84,70 @@ class HeaderPolicy:
         return hit
 
     def request(self, headers: Iterable[tuple[bytes, bytes]], *, client: str | None,
-                scheme: str, host: bytes | None, extra: Headers) -> Headers:
-        headers = list(headers)
-        drop = _connection_tokens(headers)
-        trusted = self.is_trusted(client)
+                scheme: str, extra: StrHeaders) -> StrHeaders:
+        """The upstream request's headers, as str pairs for the client stack.
+
+        The client's hop-by-hop fields, including every field its Connection header
+        names, are removed first; only then are ours appended (SPEC §9), so a client
+        cannot make the gateway drop its own evidence headers.
+        """
+        trusted = bool(self.trusted) and self.is_trusted(client)
         own, own_norm = self.own, self.own_norm
-        out: Headers = []
-        prior_xff = b""
-        prior_proto = prior_host = None
-        via = b""
+        out: StrHeaders = []
+        named: bytes | None = None
+        host: bytes | None = None
+        xff: bytes | None = None
+        proto: bytes | None = None
+        fhost: bytes | None = None
+        via: bytes | None = None
         for k, v in headers:
-            if k in HOP_BY_HOP or k in drop or k == b"host" or k == b"expect":
+            if k in _SKIP:
+                if k == b"connection":
+                    named = v if named is None else named + b"," + v
+                elif k == b"host":
+                    host = v
                 continue
-            if k in own or (b"_" in k and _normalised(k) in own_norm):
+            if k in own or (b"_" in k and k.replace(b"_", b"-") in own_norm):
                 continue
             if k in FORWARDING:
                 if trusted:
                     if k == b"x-forwarded-for":
-                        prior_xff = v if not prior_xff else prior_xff + b", " + v
+                        xff = v if xff is None else xff + b", " + v
                     elif k == b"x-forwarded-proto":
-                        prior_proto = v
+                        proto = v
                     elif k == b"x-forwarded-host":
-                        prior_host = v
+                        fhost = v
                     else:
-                        out.append((k, v))
+                        out.append((k.decode("latin-1"), v.decode("latin-1")))
                 continue
             if k == b"via":
-                via = v if not via else via + b", " + v
+                via = v if via is None else via + b", " + v
                 continue
-            out.append((k, v))
-        # Our own headers go on only after the client's hop-by-hop ones are gone (SPEC §9).
-        addr = (client or "").encode()
-        out.append((b"x-forwarded-for", prior_xff + b", " + addr if prior_xff else addr))
-        out.append((b"x-forwarded-proto", prior_proto or scheme.encode()))
-        if prior_host or host:
-            out.append((b"x-forwarded-host", prior_host or host or b""))
-        out.append((b"via", via + b", " + VIA if via else VIA))
+            out.append((k.decode("latin-1"), v.decode("latin-1")))
+        if named is not None:
+            names = {t.strip().lower() for t in named.split(b",")}
+            out = [(k, v) for k, v in out if k.encode("latin-1") not in names]
+            if names & FORWARDING:
+                xff = proto = fhost = None
+            if b"via" in names:
+                via = None
+        addr = client or ""
+        out.append(("x-forwarded-for", f"{xff.decode('latin-1')}, {addr}" if xff else addr))
+        out.append(("x-forwarded-proto", proto.decode("latin-1") if proto else scheme))
+        if fhost or host:
+            out.append(("x-forwarded-host", (fhost or host or b"").decode("latin-1")))
+        out.append(("via", f"{via.decode('latin-1')}, {VIA}" if via else VIA))
         out.extend(extra)
         return out
 
     @staticmethod
     def response(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-        headers = list(headers)
-        drop = _connection_tokens(headers)
-        return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in drop]
+        """Lower-cased names (ASGI wants them so) without hop-by-hop fields."""
+        out = [(k.lower(), v) for k, v in headers]
+        if any(k == b"connection" for k, _ in out):
+            drop = _connection_tokens(out)
+            return [(k, v) for k, v in out if k not in HOP_BY_HOP and k not in drop]
+        return [(k, v) for k, v in out if k not in HOP_BY_HOP]
 
 
 SMALL_BODY = 64 * 1024
@@ -145,7 +169,7 @@ class UpstreamResponse(Protocol):
 class Forwarder(Protocol):
     """The one seam between the gateway and its HTTP client stack."""
 
-    async def send(self, method: str, target: str, headers: Headers,
+    async def send(self, method: str, target: str, headers: StrHeaders,
                    body: bytes | AsyncIterable[bytes] | None) -> UpstreamResponse: ...
     async def aclose(self) -> None: ...
 
@@ -157,7 +181,7 @@ class _AiohttpResponse:
     def __init__(self, resp: Any) -> None:
         self._resp = resp
         self.status = resp.status
-        self.headers = [(k.lower(), v) for k, v in resp.raw_headers]
+        self.headers = resp.raw_headers
 
     async def small_body(self) -> bytes | None:
         import aiohttp
@@ -196,10 +220,11 @@ class AiohttpForwarder:
         import aiohttp
         from yarl import URL
         self._URL = URL
-        connector = aiohttp.TCPConnector(limit=self.pool_size, ttl_dns_cache=300,
-                                         enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(limit=self.pool_size, ttl_dns_cache=300)
+        # Only per-socket timeouts: a `connect` or `total` timeout arms a timer on every
+        # request, which measurably slows the hot path (docs/performance.md).
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout,
-                                        connect=self.connect_timeout, sock_read=self.read_timeout)
+                                        sock_read=self.read_timeout)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=(
@@ -207,15 +232,14 @@ class AiohttpForwarder:
             raise_for_status=False, trust_env=False)
         return self._session
 
-    async def send(self, method: str, target: str, headers: Headers,
+    async def send(self, method: str, target: str, headers: StrHeaders,
                    body: bytes | AsyncIterable[bytes] | None) -> UpstreamResponse:
         import aiohttp
         session = self._session or self._open()
         # encoded=True: forward the path byte for byte, no re-quoting (SPEC §9).
         url = self._URL(self.base_url + target, encoded=True)
-        hdrs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
         try:
-            resp = await session.request(method, url, headers=hdrs, data=body,
+            resp = await session.request(method, url, headers=headers, data=body,
                                          allow_redirects=False, compress=None)
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
             raise upstream_timeout() from exc
@@ -238,7 +262,7 @@ class _HttpxResponse:
     def __init__(self, resp: Any) -> None:
         self._resp = resp
         self.status = resp.status_code
-        self.headers = [(k.lower(), v) for k, v in resp.headers.raw]
+        self.headers = resp.headers.raw
 
     async def small_body(self) -> bytes | None:
         return None
@@ -269,16 +293,16 @@ class HttpxForwarder:
             transport=transport, follow_redirects=False, trust_env=False,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout))
 
-    async def send(self, method: str, target: str, headers: Headers,
+    async def send(self, method: str, target: str, headers: StrHeaders,
                    body: bytes | AsyncIterable[bytes] | None) -> UpstreamResponse:
         import httpx
         url = httpx.URL(self.base_url + target)
         req = self._client.build_request(method, url, headers=headers, content=body)
         # httpx would add these defaults; the upstream must see what the client sent.
-        sent = {k for k, _ in headers}
-        for name in (b"accept", b"accept-encoding", b"user-agent", b"connection"):
-            if name not in sent and name.decode() in req.headers:
-                del req.headers[name.decode()]
+        sent = {k.lower() for k, _ in headers}
+        for name in ("accept", "accept-encoding", "user-agent", "connection"):
+            if name not in sent and name in req.headers:
+                del req.headers[name]
         try:
             resp = await self._client.send(req, stream=True)
         except httpx.TimeoutException as exc:

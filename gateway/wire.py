@@ -27,8 +27,15 @@ def header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """Whether the request carries a body; 400 on framing a smuggler could exploit (RFC 9112 §6.3)."""
-    lengths = [v for k, v in headers if k == b"content-length"]
-    te = [v for k, v in headers if k == b"transfer-encoding"]
+    lengths: list[bytes] = []
+    te = False
+    for k, v in headers:
+        if k == b"content-length":
+            lengths.append(v)
+        elif k == b"transfer-encoding":
+            te = True
+    if not lengths and not te:
+        return False
     if te and lengths:
         raise bad_request("the request has both Content-Length and Transfer-Encoding",
                           "bad-framing")

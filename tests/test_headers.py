@@ -14,9 +14,11 @@ TRUST = [ipaddress.ip_network("10.0.0.0/8")]
 
 
 def outbound(headers: list[tuple[bytes, bytes]], client: str = "192.0.2.1",
-             extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
-    return HeaderPolicy(OWN, TRUST).request(headers, client=client, scheme="http",
-                                            host=b"gw.example", extra=extra or [])
+             extra: list[tuple[str, str]] | None = None) -> list[tuple[bytes, bytes]]:
+    """The upstream headers, back in bytes for easy comparison with the input."""
+    out = HeaderPolicy(OWN, TRUST).request([(b"host", b"gw.example"), *headers], client=client,
+                                           scheme="http", extra=extra or [])
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out]
 
 
 STRIPPED = [
@@ -38,7 +40,6 @@ STRIPPED = [
     (b"x_stepgate-verified_at", b"now"),
     (b"forwarded", b"for=1.2.3.4"),
     (b"x-real-ip", b"1.2.3.4"),
-    (b"host", b"evil"),
     (b"expect", b"100-continue"),
 ]
 
@@ -53,7 +54,7 @@ def test_stripped(name: bytes, value: bytes) -> None:
 def test_headers_named_in_connection_are_removed_before_ours_are_added() -> None:
     # A client naming our evidence header in Connection must not make us drop our own copy.
     out = outbound([(b"connection", b"x-secret, X-Stepgate-User"), (b"x-secret", b"1")],
-                   extra=[(b"x-stepgate-user", b"alice")])
+                   extra=[("x-stepgate-user", "alice")])
     assert (b"x-secret", b"1") not in out
     assert out.count((b"x-stepgate-user", b"alice")) == 1
 
@@ -64,6 +65,19 @@ def test_forwarding_headers_from_untrusted_clients_are_replaced() -> None:
     assert out[b"x-forwarded-for"] == b"192.0.2.1"
     assert out[b"x-forwarded-proto"] == b"http"
     assert out[b"x-forwarded-host"] == b"gw.example"
+    assert out[b"via"] == b"1.1 stepgate"
+
+
+def test_host_is_replaced_by_the_upstreams_and_reported_as_forwarded() -> None:
+    out = outbound([(b"x-other", b"1")])
+    assert not any(k == b"host" for k, _ in out)
+    assert (b"x-forwarded-host", b"gw.example") in out
+
+
+def test_connection_naming_forwarding_headers_voids_them() -> None:
+    out = dict(outbound([(b"connection", b"x-forwarded-for, via"), (b"x-forwarded-for", b"1.1.1.1"),
+                         (b"via", b"1.0 old")], client="10.1.2.3"))
+    assert out[b"x-forwarded-for"] == b"10.1.2.3"
     assert out[b"via"] == b"1.1 stepgate"
 
 
