@@ -60,7 +60,8 @@ class Audit:
         escaping (validated names, RFC 9110 tokens, canonical pchars); user names do."""
         line = f'{{"ts":{self.clock():.3f},"event":"{event}"'
         if user is not None:
-            line += f',"user":{json.dumps(user)}'
+            quoted = f'"{user}"' if '"' not in user and "\\" not in user else json.dumps(user)
+            line += f',"user":{quoted}'
         if rule is not None:
             line += f',"rule":"{rule}"'
         line += f',"method":"{method}","path":"{path}"'

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import hmac
 import os
 import re
 import time
@@ -30,48 +29,54 @@ class IdentitySource(Protocol):
     async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None: ...
 
 
-def basic_credentials(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str] | None:
+def authorization(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     for k, v in headers:
         if k == b"authorization":
-            scheme, _, param = v.partition(b" ")
-            if scheme.lower() != b"basic" or len(param) > 4096:
-                return None
-            try:
-                text = base64.b64decode(param.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            user, sep, password = text.partition(":")
-            if not sep or not _USER.match(user):
-                return None
-            return user, password
+            return v
     return None
 
 
+def parse_basic(value: bytes) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic ...` value (RFC 7617), or None."""
+    scheme, _, param = value.partition(b" ")
+    if scheme.lower() != b"basic" or len(param) > 4096:
+        return None
+    try:
+        text = base64.b64decode(param.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not _USER.match(user):
+        return None
+    return user, password
+
+
 class _Cache:
-    """Recent verification results keyed by an HMAC of the credentials, never the password."""
+    """Recent verification results keyed by a keyed BLAKE2 hash of the Authorization
+    header, so neither the password nor an unkeyed hash of it stays in memory."""
 
     def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
         self.ttl = ttl
         self.clock = clock
         self._key = os.urandom(32)
-        self._entries: dict[bytes, tuple[float, bool]] = {}
+        self._entries: dict[bytes, tuple[float, str | None]] = {}
 
-    def key(self, user: str, password: str) -> bytes:
-        return hmac.new(self._key, f"{user}\x00{password}".encode(), hashlib.sha256).digest()
+    def key(self, authorization: bytes) -> bytes:
+        return hashlib.blake2b(authorization, key=self._key, digest_size=20).digest()
 
-    def get(self, key: bytes) -> bool | None:
+    def get(self, key: bytes) -> tuple[float, str | None] | None:
         hit = self._entries.get(key)
         if hit is None or hit[0] < self.clock():
             return None
-        return hit[1]
+        return hit
 
-    def put(self, key: bytes, ok: bool, ttl: float | None = None) -> None:
+    def put(self, key: bytes, user: str | None, ttl: float | None = None) -> None:
         if len(self._entries) > 10000:
             now = self.clock()
             self._entries = {k: e for k, e in self._entries.items() if e[0] >= now}
             if len(self._entries) > 10000:
                 self._entries.clear()
-        self._entries[key] = (self.clock() + (self.ttl if ttl is None else ttl), ok)
+        self._entries[key] = (self.clock() + (self.ttl if ttl is None else ttl), user)
 
 
 class HtpasswdIdentity:
@@ -95,18 +100,22 @@ class HtpasswdIdentity:
         return users
 
     async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
-        creds = basic_credentials(headers)
+        raw = authorization(headers)
+        if raw is None:
+            return None
+        key = self.cache.key(raw)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit[1]
+        creds = parse_basic(raw)
         if creds is None:
             return None
         user, password = creds
-        key = self.cache.key(user, password)
-        cached = self.cache.get(key)
-        if cached is None:
-            hashed = self.users.get(user)
-            ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed or _DUMMY_HASH)
-            cached = ok and hashed is not None
-            self.cache.put(key, cached)
-        return user if cached else None
+        hashed = self.users.get(user)
+        ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed or _DUMMY_HASH)
+        result = user if ok and hashed is not None else None
+        self.cache.put(key, result)
+        return result
 
 
 class ProbeIdentity:
@@ -121,23 +130,25 @@ class ProbeIdentity:
         self.cache = _Cache(settings.probe_cache_ttl, clock)
 
     async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
-        creds = basic_credentials(headers)
+        raw = authorization(headers)
+        if raw is None:
+            return None
+        key = self.cache.key(raw)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit[1]
+        creds = parse_basic(raw)
         if creds is None:
             return None
-        user, password = creds
-        key = self.cache.key(user, password)
-        cached = self.cache.get(key)
-        if cached is None:
-            auth = [("authorization", v.decode("latin-1")) for k, v in headers
-                    if k == b"authorization"]
-            resp = await self.forwarder.send("GET", self.path, auth, None)
-            try:
-                cached = 200 <= resp.status < 300
-            finally:
-                await resp.aclose()
-            # Failures are cached briefly too, so a password guesser cannot hammer the upstream.
-            self.cache.put(key, cached, None if cached else min(self.cache.ttl, 5.0))
-        return user if cached else None
+        resp = await self.forwarder.send("GET", self.path,
+                                         [("authorization", raw.decode("latin-1"))], None)
+        try:
+            result = creds[0] if 200 <= resp.status < 300 else None
+        finally:
+            await resp.aclose()
+        # Failures are cached briefly too, so a password guesser cannot hammer the upstream.
+        self.cache.put(key, result, None if result else min(self.cache.ttl, 5.0))
+        return result
 
 
 class BackendIdentity:
@@ -147,7 +158,8 @@ class BackendIdentity:
         self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'.encode()
 
     async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
-        creds = basic_credentials(headers)
+        raw = authorization(headers)
+        creds = parse_basic(raw) if raw is not None else None
         return creds[0] if creds else None
 
 
