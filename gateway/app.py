@@ -14,7 +14,10 @@ from typing import Any
 from .audit import Audit
 from .config import Settings
 from .endpoints import Endpoints
+from .admin import load_admin_key
+from .delivery import deliverer
 from .factors import Factor, RecoveryFactor, TotpFactor
+from .factors.delivered import DeliveredFactor
 from .identity import IdentitySource, make_identity
 from .keys import KeyRing
 from .paths import CanonicalPath, canonicalize
@@ -73,10 +76,19 @@ class Gateway:
             "totp": TotpFactor(self.store, self.keys),
             "recovery": RecoveryFactor(self.store),
         }
+        self.deliverers = {ch.name: deliverer(ch) for ch in settings.channels}
+        self._channels = {ch.name: DeliveredFactor(ch, self.store, self.keys,
+                                                   self.deliverers[ch.name], settings.totp_issuer)
+                          for ch in settings.channels}
+        for name, factor in self._channels.items():
+            if factor.ch.second_factor:
+                self.factors[name] = factor
+        self.admin_key = load_admin_key(settings)
+        self.background: set[asyncio.Task[None]] = set()
         self.manage_rule = Rule(
             name=MANAGE_RULE, index=-1, source="(built in)", action="require", methods=None,
             paths=(), path_regex=None, hosts=(), query=(), headers=(), json=(),
-            require=Requirement(tuple(self.factors), False, settings.manage.binding,
+            require=Requirement(tuple(settings.factors), False, settings.manage.binding,
                                 settings.manage.ttl, 0 if settings.manage.binding == "session"
                                 else 1, MANAGE_RULE, None, "deny", "secondfactor",
                                 "urn:stepgate:2fa"),
@@ -99,6 +111,8 @@ class Gateway:
             gc.freeze()
 
     async def shutdown(self) -> None:
+        if self.background:
+            await asyncio.wait(self.background, timeout=10)
         if self._started:
             await self.forwarder.aclose()
             await self.store.close()
@@ -250,6 +264,9 @@ class Gateway:
             raise self.challenge(rule, user, bound, detail="token already used")
         self.audit.forwarded("token_used", rule.name, method, cp.raw, user, token.binding)
         await self.forward(scope, receive, send, cp, body, has_body, extra, reservation=token.jti)
+
+    def channel_factor(self, name: str) -> DeliveredFactor:
+        return self._channels[name]
 
     def read_token(self, value: bytes, now: float) -> Token | None:
         """Signature-checked tokens; session tokens are remembered so their reuse costs a

@@ -74,6 +74,34 @@ class EvidenceHeaders:
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int = 25
+    sender: str = "stepgate@localhost"
+    starttls: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """A delivered-code channel (sms, email, or any name): how its codes travel."""
+
+    name: str
+    kind: Literal["command", "webhook", "smtp"]
+    command: tuple[str, ...] = ()
+    webhook_url: str = ""
+    webhook_headers: tuple[tuple[str, str], ...] = ()
+    smtp: SmtpSettings | None = None
+    timeout: float = 10.0
+    digits: int = 6
+    ttl: float = 300.0
+    address: str = "any"  # e164 | email | any
+    second_factor: bool = True  # false: the channel only carries notifications
+    subject: str = "Your verification code"
+
+
+@dataclass(frozen=True)
 class ManageSettings:
     binding: Literal["request", "route", "session"] = "request"
     ttl: float = 120.0
@@ -108,12 +136,18 @@ class Settings:
     evidence: EvidenceHeaders = field(default_factory=EvidenceHeaders)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     manage: ManageSettings = field(default_factory=ManageSettings)
+    channels: tuple[ChannelSettings, ...] = ()
+    notify_channel: str | None = None
     challenge_ttl: float = 300.0
     ticket_ttl: float = 600.0
 
     @property
     def factors(self) -> tuple[str, ...]:
-        return BUILTIN_FACTORS
+        """Every second factor the configuration makes available, in a stable order."""
+        return BUILTIN_FACTORS + tuple(c.name for c in self.channels if c.second_factor)
+
+    def channel(self, name: str) -> ChannelSettings | None:
+        return next((c for c in self.channels if c.name == name), None)
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -146,6 +180,63 @@ def _network(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_ADDRESS_KINDS = ("e164", "email", "any")
+
+
+def _channel(ch: Reader, name: str, base: Path) -> ChannelSettings | None:
+    before = len(ch.errors)
+    deliver = ch.section("deliver", required=True)
+    kind = None
+    out: dict[str, object] = {}
+    if deliver is not None:
+        given = [k for k in ("command", "webhook", "smtp") if deliver.has(k)]
+        if len(given) != 1:
+            deliver.error("command", "exactly one of 'command', 'webhook' or 'smtp'",
+                          f"{len(given)} of them")
+        command = deliver.string_list("command", None, item="program arguments")
+        if command:
+            kind = "command"
+            prog = command[0]
+            if "/" in prog and not Path(prog).is_absolute():
+                prog = str(_resolve(base, prog))
+            out["command"] = (prog, *command[1:])
+        hook = deliver.section("webhook")
+        if hook is not None:
+            kind = "webhook"
+            out["webhook_url"] = hook.get("url", "an http:// or https:// URL", _url)
+            hdrs = hook.raw("headers", {})
+            if not isinstance(hdrs, dict) or not all(isinstance(v, str) for v in hdrs.values()):
+                hook.error("headers", "a mapping of header names to strings", hdrs)
+                hdrs = {}
+            out["webhook_headers"] = tuple((str(k), v) for k, v in hdrs.items())
+            hook.finish()
+        smtp = deliver.section("smtp")
+        if smtp is not None:
+            kind = "smtp"
+            out["smtp"] = SmtpSettings(
+                host=smtp.string("host"), port=smtp.integer("port", 25, 1, 65535),
+                sender=smtp.string("sender", "stepgate@localhost", pattern=r"[^@\s]+@[^@\s]+",
+                                   expected="an e-mail address"),
+                starttls=smtp.boolean("starttls", False),
+                username_env=smtp.string("username_env", None),
+                password_env=smtp.string("password_env", None))
+            smtp.finish()
+        out["timeout"] = deliver.duration("timeout", 10.0, maximum=120)
+        deliver.finish()
+    digits = ch.integer("digits", 6, minimum=6, maximum=8)
+    ttl = ch.duration("ttl", 300.0, maximum=600)
+    default_address = {"sms": "e164", "email": "email"}.get(name, "any")
+    address = ch.choice("address", _ADDRESS_KINDS, default_address)
+    second = ch.boolean("second_factor", True)
+    subject = ch.string("subject", "Your verification code")
+    ch.finish()
+    if kind is None or len(ch.errors) > before:
+        return None
+    return ChannelSettings(name=name, kind=kind, digits=digits, ttl=ttl,  # type: ignore[arg-type]
+                           address=address, second_factor=second, subject=subject,
+                           **out)  # type: ignore[arg-type]
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -255,7 +346,29 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         if rec is not None:
             kw["recovery_count"] = rec.integer("count", 10, minimum=1, maximum=100)
             rec.finish()
+        channels = []
+        for name in list(fac.data):
+            if name in BUILTIN_FACTORS:
+                continue
+            if not isinstance(name, str) or not _CHANNEL.match(name):
+                fac.error(str(name), "a channel name of lower-case letters, digits, '_' or '-'",
+                          name)
+                fac.used.add(name)
+                continue
+            ch = fac.section(name)
+            if ch is not None:
+                parsed = _channel(ch, name, base)
+                if parsed is not None:
+                    channels.append(parsed)
+                    if parsed.second_factor:
+                        known.add(name)
+        kw["channels"] = tuple(channels)
         fac.finish()
+    nt = r.section("notify")
+    if nt is not None:
+        names = [c.name for c in kw.get("channels", ())]  # type: ignore[attr-defined]
+        kw["notify_channel"] = nt.choice("channel", names or ["(no channel configured)"], None)
+        nt.finish()
 
     adm = r.section("admin")
     if adm is not None:

@@ -1,4 +1,5 @@
-"""The gateway's own endpoints under the prefix: challenges, verification, self-service."""
+"""The gateway's own endpoints under the prefix: routing, the config document, and the
+challenge handshake (create, state, verify). Self-service and admin live beside it."""
 
 from __future__ import annotations
 
@@ -6,21 +7,20 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from .factors import new_codes
-from .factors.recovery import code_hash, normalise
-from .factors.totp import matching_step, new_secret, otpauth_uri, qr_svg, seal
+from .admin import Admin
+from .factors.delivered import DeliveredFactor
 from .paths import CanonicalPath
 from .policies import Rule
 from .problems import Headers, Problem, bad_request
+from .selfservice import RESERVATION, SelfService
 from .store import ChallengeRecord, FactorRecord
-from .tokens import Bound, Ticket, token_fits
-from .wire import Receive, Scope, Send, field, header, read_body, read_json, send_json
+from .tokens import Ticket
+from .wire import Receive, Scope, Send, field, read_json, send_json
 
 if TYPE_CHECKING:
     from .app import Gateway
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
-_LABEL_MAX = 64
 JSON_LIMIT = 16 * 1024
 
 
@@ -56,19 +56,29 @@ def locked(retry_after: float | None) -> Problem:
                    "unlocks it", headers=headers, **extra)
 
 
+def too_many(name: str, title: str, retry_after: float, detail: str) -> Problem:
+    seconds = max(1, int(retry_after + 0.999))
+    return Problem(429, name, title, detail=detail, retry_after=seconds,
+                   headers=[(b"retry-after", str(seconds).encode())])
+
+
 class Endpoints:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        me = SelfService(self)
+        admin = Admin(self)
         self.routes: list[tuple[re.Pattern[str], dict[str, Any]]] = [
             (re.compile(r"^/config\Z"), {"GET": self.config}),
             (re.compile(r"^/challenges\Z"), {"POST": self.create_challenge}),
             (re.compile(r"^/challenges/([^/]+)\Z"), {"GET": self.challenge_state}),
             (re.compile(r"^/challenges/([^/]+)/verify\Z"), {"POST": self.verify}),
-            (re.compile(r"^/factors\Z"), {"GET": self.list_factors}),
-            (re.compile(r"^/factors/totp\Z"), {"POST": self.enrol_totp}),
-            (re.compile(r"^/factors/([^/]+)/confirm\Z"), {"POST": self.confirm}),
-            (re.compile(r"^/factors/([^/]+)\Z"), {"DELETE": self.delete_factor}),
-            (re.compile(r"^/recovery-codes\Z"), {"POST": self.recovery_codes}),
+            (re.compile(r"^/factors\Z"), {"GET": me.list_factors}),
+            (re.compile(r"^/factors/totp\Z"), {"POST": me.enrol_totp}),
+            (re.compile(r"^/factors/([^/]+)/confirm\Z"), {"POST": me.confirm}),
+            (re.compile(r"^/factors/([^/]+)\Z"), {"POST": me.enrol_channel,
+                                                   "DELETE": me.delete_factor}),
+            (re.compile(r"^/recovery-codes\Z"), {"POST": me.recovery_codes}),
+            *admin.routes(),
         ]
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath) -> None:
@@ -92,7 +102,7 @@ class Endpoints:
             try:
                 await handler(scope, receive, tracking_send, cp, *m.groups())
             finally:
-                jti = scope.pop("stepgate.reservation", None)
+                jti = scope.pop(RESERVATION, None)
                 if jti is not None:  # the change failed: the token may be used again
                     await self.gw.store.release_use(jti)
             return
@@ -131,12 +141,34 @@ class Endpoints:
                                      until=None if lock.hard else round(lock.locked_until))
             raise locked(None if lock.hard else lock.locked_until - now)
 
+    async def deliver(self, user: str, factor: DeliveredFactor, record: FactorRecord,
+                      challenge_id: str) -> str:
+        """Send a code within the per-user send limit; a failed delivery is not counted."""
+        gw = self.gw
+        t = gw.settings.throttle
+        now = gw.clock()
+        key = f"sends:{user}"
+        if await gw.store.hit(key, t.send_window, now) > t.sends_per_window:
+            await gw.store.hit(key, t.send_window, now, amount=-1)
+            window_end = (int(now // t.send_window) + 1) * t.send_window
+            raise too_many("too-many-sends", "Too many codes sent", window_end - now,
+                           f"at most {t.sends_per_window} codes are sent per "
+                           f"{int(t.send_window // 60)} minutes")
+        try:
+            digest = await factor.send_code(record, challenge_id)
+        except Problem:
+            await gw.store.hit(key, t.send_window, now, amount=-1)
+            await gw.audit.emit("delivery_failed", user=user, factor=factor.type)
+            raise
+        await gw.audit.emit("code_sent", user=user, factor=factor.type, factor_id=record.id)
+        return digest
+
     # ---------------------------------------------------------------- config
 
     async def config(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath) -> None:
         gw = self.gw
         await send_json(send, 200, {
-            "factors": list(gw.factors), "token_header": gw.settings.token_header,
+            "factors": list(gw.settings.factors), "token_header": gw.settings.token_header,
             "prefix": gw.prefix, "enrollment": gw.settings.enrollment,
         }, no_store=False)
 
@@ -159,10 +191,11 @@ class Endpoints:
             raise invalid_ticket()
         await self.check_lock(user)
         t = gw.settings.throttle
-        if await gw.store.hit(f"challenges:{user}", t.challenge_window, now) > t.challenges_per_window:
-            raise Problem(429, "too-many-challenges", "Too many challenges",
-                          detail="too many challenges were requested for this account; wait "
-                          "and retry", headers=[(b"retry-after", str(int(t.challenge_window)).encode())])
+        counter = f"challenges:{user}"
+        if await gw.store.hit(counter, t.challenge_window, now) > t.challenges_per_window:
+            window_end = (int(now // t.challenge_window) + 1) * t.challenge_window
+            raise too_many("too-many-challenges", "Too many challenges", window_end - now,
+                           "too many challenges were requested for this account")
         req = rule.require
         records = await gw.store.factors(user)
         left = await gw.store.recovery_codes_left(user)
@@ -181,19 +214,45 @@ class Endpoints:
             if not choices:
                 raise gw.not_enrolled(req)
             factor = choices[0]
-        started = await gw.factors[factor].start(user, records)
+        impl = gw.factors[factor]
         cid = secrets.token_urlsafe(18)
         ttl = gw.settings.challenge_ttl
+        sent_at = None
+        extra: dict[str, Any] = {}
+        if isinstance(impl, DeliveredFactor):
+            # Asking again for the same ticket and factor resends: a new code after
+            # resend_after, and the old one stops working.
+            previous = await gw.store.latest_challenge(user, ticket.nonce, factor)
+            if previous is not None and previous.sent_at is not None:
+                wait = previous.sent_at + t.resend_after - now
+                if wait > 0:
+                    await gw.store.hit(counter, t.challenge_window, now, amount=-1)
+                    raise too_many("resend-too-soon", "Code sent recently", wait,
+                                   "a code was sent for this challenge moments ago")
+            record = next(r for r in records if r.type == factor and r.status == "active")
+            try:
+                digest = await self.deliver(user, impl, record, cid)
+            except Problem:
+                await gw.store.hit(counter, t.challenge_window, now, amount=-1)
+                raise
+            if previous is not None:
+                await gw.store.void_challenge(previous.id)
+            started_id, sent_at = record.id, now
+            ttl = min(ttl, impl.ch.ttl)
+            extra = {"hint": f"Code sent to {record.label}", "resend_after": int(t.resend_after)}
+        else:
+            started = await impl.start(user, records, cid)
+            started_id, digest, extra = started.factor_id, started.code_hash, started.extra
         await gw.store.add_challenge(ChallengeRecord(
             id=cid, user=user, ticket_nonce=ticket.nonce, ticket=raw_ticket, factor=factor,
-            factor_id=started.factor_id, state="pending", attempts_left=t.challenge_attempts,
+            factor_id=started_id, state="pending", attempts_left=t.challenge_attempts,
             created_at=now, expires_at=now + ttl, ticket_expires_at=ticket.expires,
-            code_hash=started.code_hash, sent_at=None))
+            code_hash=digest, sent_at=sent_at))
         await gw.audit.emit("challenge_created", user=user, rule=rule.name, factor=factor)
         body = {"challenge_id": cid, "factor": factor, "expires_in": int(ttl),
                 "attempts_left": t.challenge_attempts,
                 "verify_uri": f"{gw.prefix}/challenges/{cid}/verify"}
-        body.update(started.extra)
+        body.update(extra)
         await send_json(send, 201, body, headers=[(b"location", f"{gw.prefix}/challenges/{cid}".encode())])
 
     async def _own_challenge(self, user: str, cid: str) -> ChallengeRecord:
@@ -273,160 +332,3 @@ class Endpoints:
             "expires_in": int(req.ttl), "binding": req.binding, "uses": req.uses or None,
             "status": "verified"})
 
-    # ---------------------------------------------------------------- self-service
-
-    async def _has_active(self, user: str) -> tuple[list[FactorRecord], bool]:
-        records = await self.gw.store.factors(user)
-        active = any(r.status == "active" for r in records)
-        if not active:
-            active = await self.gw.store.recovery_codes_left(user) > 0
-        return records, active
-
-    async def step_up(self, scope: Scope, cp: CanonicalPath, user: str, body: bytes,
-                      active: bool) -> str | None:
-        """Changes need a `stepgate:manage` token once the user has a factor; returns its jti."""
-        gw = self.gw
-        if not active:
-            if gw.settings.enrollment == "admin":
-                raise Problem(403, "enrollment-closed", "Enrolment closed",
-                              detail="an administrator enrols the first factor of an account")
-            return None
-        rule = gw.manage_rule
-        assert rule.require is not None
-        bound = Bound.of(scope["method"], cp.raw, scope.get("query_string", b""), body) \
-            if rule.require.binding == "request" else None
-        value = header(scope["headers"], gw.token_header)
-        now = gw.clock()
-        token = gw.signer.read_token(value.decode("latin-1"), now) if value else None
-        reason = None
-        if token is not None:
-            reason = token_fits(token, rule, user, bound, now)
-        if token is None or reason is not None:
-            raise gw.challenge(rule, user, bound, detail=reason)
-        if token.uses == 0:
-            return None
-        result = await gw.store.reserve_use(token.jti, token.uses, token.expires, now, hold=30)
-        if result == "busy":
-            raise Problem(409, "token-in-use", "Token in use")
-        if result == "used":
-            raise gw.challenge(rule, user, bound, detail="token already used")
-        return token.jti
-
-    async def _managed(self, scope: Scope, receive: Receive, cp: CanonicalPath,
-                       optional: bool = True) -> tuple[str, dict[str, Any], list[FactorRecord], str | None]:
-        user = await self.user(scope)
-        body = await read_body(receive, scope["headers"], JSON_LIMIT)
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-        doc = await read_json(replay, scope["headers"], limit=JSON_LIMIT, optional=optional)
-        records, active = await self._has_active(user)
-        jti = await self.step_up(scope, cp, user, body, active)
-        if jti is not None:
-            scope["stepgate.reservation"] = jti
-        return user, doc, records, jti
-
-    async def list_factors(self, scope: Scope, receive: Receive, send: Send,
-                           cp: CanonicalPath) -> None:
-        user = await self.user(scope)
-        records = await self.gw.store.factors(user)
-        out = [self._public(r) for r in records]
-        left = await self.gw.store.recovery_codes_left(user)
-        if left:
-            out.append({"id": "recovery", "type": "recovery", "status": "active",
-                        "label": "recovery codes", "remaining": left})
-        await send_json(send, 200, {"factors": out})
-
-    @staticmethod
-    def _public(r: FactorRecord) -> dict[str, Any]:
-        from datetime import datetime, timezone
-
-        def iso(t: float | None) -> str | None:
-            return None if t is None else datetime.fromtimestamp(t, timezone.utc).strftime(
-                "%Y-%m-%dT%H:%M:%SZ")
-        return {"id": r.id, "type": r.type, "status": r.status, "label": r.label,
-                "created_at": iso(r.created_at), "last_used_at": iso(r.last_used_at)}
-
-    async def enrol_totp(self, scope: Scope, receive: Receive, send: Send,
-                         cp: CanonicalPath) -> None:
-        gw = self.gw
-        user, doc, _records, jti = await self._managed(scope, receive, cp)
-        label = field(doc, "label", required=False, max_len=_LABEL_MAX) or "authenticator"
-        secret = new_secret()
-        fid = "f_" + secrets.token_urlsafe(12)
-        uri = otpauth_uri(secret, user, gw.settings.totp_issuer)
-        svg = qr_svg(uri)
-        await gw.store.add_factor(FactorRecord(
-            id=fid, user=user, type="totp", status="pending", label=label,
-            secret=seal(gw.keys, user, fid, secret), created_at=gw.clock()))
-        await self._commit(scope, jti)
-        await gw.audit.emit("factor_added", user=user, factor="totp", factor_id=fid,
-                            status="pending")
-        await send_json(send, 201, {"id": fid, "type": "totp", "status": "pending",
-                                    "label": label, "secret": secret, "otpauth_uri": uri,
-                                    "qr_svg": svg,
-                                    "confirm_uri": f"{gw.prefix}/factors/{fid}/confirm"})
-
-    async def _commit(self, scope: Scope, jti: str | None) -> None:
-        if jti is not None:
-            scope.pop("stepgate.reservation", None)
-            await self.gw.store.commit_use(jti)
-
-    async def confirm(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
-                      fid: str) -> None:
-        gw = self.gw
-        user = await self.user(scope)
-        doc = await read_json(receive, scope["headers"], limit=JSON_LIMIT)
-        code = field(doc, "code", max_len=64)
-        assert code is not None
-        await self.check_lock(user)
-        records = await gw.store.factors(user)
-        record = next((r for r in records if r.id == fid), None)
-        if record is None:
-            raise not_found()
-        if record.status != "pending":
-            raise Problem(409, "already-active", "Factor already active")
-        now = gw.clock()
-        totp = gw.factors["totp"]
-        ok = False
-        if record.type == "totp":
-            step = matching_step(totp.secret_of(record), code, now)  # type: ignore[attr-defined]
-            ok = step is not None and await gw.store.advance_step(record.id, step, now)
-        if not ok:
-            await self.failure(user, factor=record.type, factor_id=fid, action="confirm")
-            raise Problem(403, "wrong-code", "Wrong code", detail="the code is not valid")
-        await gw.store.activate_factor(user, fid)
-        await gw.store.reset_failures(user)
-        await gw.audit.emit("factor_confirmed", user=user, factor=record.type, factor_id=fid)
-        await send_json(send, 200, {"id": fid, "type": record.type, "status": "active"})
-
-    async def delete_factor(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
-                            fid: str) -> None:
-        gw = self.gw
-        user, _doc, records, jti = await self._managed(scope, receive, cp)
-        if fid == "recovery":
-            if await gw.store.recovery_codes_left(user) == 0:
-                raise not_found()
-            await gw.store.replace_recovery_codes(user, [], gw.clock())
-        elif not any(r.id == fid for r in records) or not await gw.store.delete_factor(user, fid):
-            raise not_found()
-        await self._commit(scope, jti)
-        await gw.audit.emit("factor_removed", user=user, factor_id=fid)
-        await self._no_content(send)
-
-    @staticmethod
-    async def _no_content(send: Send) -> None:
-        await send({"type": "http.response.start", "status": 204,
-                    "headers": [(b"cache-control", b"no-store")]})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def recovery_codes(self, scope: Scope, receive: Receive, send: Send,
-                             cp: CanonicalPath) -> None:
-        gw = self.gw
-        user, _doc, _records, jti = await self._managed(scope, receive, cp)
-        codes = new_codes(gw.settings.recovery_count)
-        hashes = [code_hash(user, normalise(c) or "") for c in codes]
-        await gw.store.replace_recovery_codes(user, hashes, gw.clock())
-        await self._commit(scope, jti)
-        await gw.audit.emit("recovery_codes_regenerated", user=user, count=len(codes))
-        await send_json(send, 201, {"codes": codes, "count": len(codes)})

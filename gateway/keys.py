@@ -72,6 +72,10 @@ class KeyRing:
                                 "(create them with 'stepgate keys generate')")
             kid = hashlib.sha256(raw).hexdigest()[:8]
             self.data.append(DataKey(kid, AESGCM(raw)))
+            if len(self.data) == 1:
+                # Keys the hashes of delivered codes, so a copy of the store alone cannot
+                # brute-force the million six-digit candidates.
+                self.mac_key = hashlib.sha256(b"stepgate code mac\x00" + raw).digest()
         if not self.data:
             raise KeyError_("data keys: expected at least one")
 

@@ -151,14 +151,15 @@ def write_config(d: Path, upstream_url: str, htpasswd: Path, *, port: int,
 
 
 class GatewayProcess:
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env = env or {}
 
     def start(self) -> GatewayProcess:
-        env = dict(os.environ, STEPGATE_KEYS=SIGNING, STEPGATE_DATA_KEYS=DATA)
+        env = dict(os.environ, STEPGATE_KEYS=SIGNING, STEPGATE_DATA_KEYS=DATA, **self.env)
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config",
                                       str(self.config)], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
@@ -184,12 +185,12 @@ def make_gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
     started: list[GatewayProcess] = []
 
     def factory(rules: dict[str, Any] | None = None, upstream_url: str | None = None,
-                **overrides: Any) -> GatewayProcess:
+                env: dict[str, str] | None = None, **overrides: Any) -> GatewayProcess:
         d = tmp_path_factory.mktemp("gateway")
         port = free_port()
         cfg = write_config(d, upstream_url or upstream.url, htpasswd, port=port, rules=rules,
                            **overrides)
-        gw = GatewayProcess(cfg, port).start()
+        gw = GatewayProcess(cfg, port, env).start()
         started.append(gw)
         return gw
 

@@ -13,13 +13,14 @@ from aiohttp import web
 LOG = sys.argv[2] if len(sys.argv) > 2 else "/dev/null"
 
 
-def record(request: web.Request, body_len: int, body_sha: str) -> dict:
+def record(request: web.Request, body_len: int, body_sha: str, text: str | None) -> dict:
     doc = {
         "method": request.method,
         "target": request.raw_path,
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
         "body_len": body_len,
         "body_sha256": body_sha,
+        "body": text,
     }
     with open(LOG, "a") as fh:
         fh.write(json.dumps(doc) + "\n")
@@ -29,10 +30,16 @@ def record(request: web.Request, body_len: int, body_sha: str) -> dict:
 async def handle(request: web.Request) -> web.StreamResponse:
     h = hashlib.sha256()
     n = 0
+    head = b""
     async for chunk in request.content.iter_any():
         h.update(chunk)
         n += len(chunk)
-    doc = record(request, n, h.hexdigest())
+        if len(head) < 4096:
+            head += chunk[:4096]
+    text = head.decode("utf-8", "replace") if n <= 4096 else None
+    doc = record(request, n, h.hexdigest(), text)
+    if path_is(request, "/hook/fail"):
+        return web.json_response({"error": "refused"}, status=500)
     path = request.path
     if path.startswith("/status/"):
         return web.json_response(doc, status=int(path.split("/")[2]))
@@ -65,6 +72,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok", headers={"Connection": "X-Secret-Hop",
                                                  "X-Secret-Hop": "1", "Keep-Alive": "timeout=5"})
     return web.json_response(doc)
+
+
+def path_is(request: web.Request, path: str) -> bool:
+    return request.path == path
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ class RecoveryFactor:
     def available(self, records: list[FactorRecord], recovery_left: int) -> bool:
         return recovery_left > 0
 
-    async def start(self, user: str, records: list[FactorRecord]) -> Started:
+    async def start(self, user: str, records: list[FactorRecord], challenge_id: str) -> Started:
         return Started(extra={"hint": "Enter one of your recovery codes"})
 
     async def verify(self, user: str, challenge: ChallengeRecord, records: list[FactorRecord],

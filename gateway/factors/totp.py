@@ -75,7 +75,7 @@ class TotpFactor:
     def available(self, records: list[FactorRecord], recovery_left: int) -> bool:
         return any(r.type == "totp" and r.status == "active" for r in records)
 
-    async def start(self, user: str, records: list[FactorRecord]) -> Started:
+    async def start(self, user: str, records: list[FactorRecord], challenge_id: str) -> Started:
         return Started(extra={"hint": "Enter the code from your authenticator app"})
 
     def secret_of(self, record: FactorRecord) -> str:

@@ -84,6 +84,11 @@ class Store(Protocol):
         """Move a pending challenge to verified; False if it was not pending."""
         ...
     async def verified_factors(self, user: str, ticket_nonce: str) -> set[str]: ...
+    async def latest_challenge(self, user: str, ticket_nonce: str,
+                               factor: str) -> ChallengeRecord | None:
+        """The newest pending challenge for this ticket and factor (resends void it)."""
+        ...
+    async def void_challenge(self, challenge_id: str) -> None: ...
 
     # token uses
     async def reserve_use(self, jti: str, max_uses: int, expires_at: float, now: float,
@@ -96,8 +101,9 @@ class Store(Protocol):
     async def record_failure(self, user: str, now: float, lock_after: int, lock_base: float,
                              lock_max: float, hard_after: int) -> UserLock: ...
     async def reset_failures(self, user: str) -> None: ...
-    async def hit(self, key: str, window: float, now: float) -> int:
-        """Count one event under ``key`` in the current fixed window; returns the count."""
+    async def hit(self, key: str, window: float, now: float, amount: int = 1) -> int:
+        """Count ``amount`` events under ``key`` in the current fixed window (-1 takes one
+        back, e.g. after a failed delivery); returns the count."""
         ...
 
     # audit

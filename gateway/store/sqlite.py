@@ -212,6 +212,20 @@ class SQLiteStore:
                                  "AND state = 'verified'", (user, ticket_nonce)).fetchall()
         return {r[0] for r in rows}
 
+    @_guard
+    def latest_challenge(self, user: str, ticket_nonce: str,
+                         factor: str) -> ChallengeRecord | None:
+        row = self.conn.execute(
+            "SELECT * FROM challenges WHERE user = ? AND ticket_nonce = ? AND factor = ? AND "
+            "state = 'pending' ORDER BY created_at DESC LIMIT 1",
+            (user, ticket_nonce, factor)).fetchone()
+        return ChallengeRecord(*row) if row else None
+
+    @_guard
+    def void_challenge(self, challenge_id: str) -> None:
+        self.conn.execute("UPDATE challenges SET state = 'expired' WHERE id = ? AND "
+                          "state = 'pending'", (challenge_id,))
+
     # token uses ---------------------------------------------------------------
 
     @_guard
@@ -275,12 +289,13 @@ class SQLiteStore:
         self.conn.execute("DELETE FROM user_locks WHERE user = ?", (user,))
 
     @_guard
-    def hit(self, key: str, window: float, now: float) -> int:
+    def hit(self, key: str, window: float, now: float, amount: int = 1) -> int:
         bucket = f"{key}@{int(now // window)}"
         with self._tx() as c:
             c.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
-            c.execute("INSERT INTO counters VALUES (?, 1, ?) ON CONFLICT(key) DO UPDATE SET "
-                      "count = count + 1", (bucket, (int(now // window) + 1) * window))
+            c.execute("INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                      "count = MAX(count + ?, 0)",
+                      (bucket, max(amount, 0), (int(now // window) + 1) * window, amount))
             row = c.execute("SELECT count FROM counters WHERE key = ?", (bucket,)).fetchone()
         return int(row[0])
 
