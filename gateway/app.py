@@ -4,30 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .admin import load_admin_key
 from .audit import Audit
 from .config import Settings
-from .endpoints import Endpoints
-from .admin import load_admin_key
 from .delivery import deliverer
+from .endpoints import Endpoints
 from .factors import Factor, RecoveryFactor, TotpFactor
 from .factors.delivered import DeliveredFactor
 from .identity import IdentitySource, make_identity
 from .keys import KeyRing
 from .paths import CanonicalPath, canonicalize
-from .policies import NeedBody, Requirement, RequestView, Rule
+from .policies import NeedBody, RequestView, Requirement, Rule
 from .problems import Headers, Problem
 from .proxy import AiohttpForwarder, Forwarder, HeaderPolicy, StrHeaders, UpstreamError
 from .store import Store, StoreUnavailable, open_store
 from .tokens import Bound, Signer, Token, token_fits
-from .wire import (ClientGone, Receive, Scope, Send, check_framing, header, read_body,
-                   send_problem, stream_body)
+from .wire import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    check_framing,
+    header,
+    read_body,
+    send_problem,
+    stream_body,
+)
 
 log = logging.getLogger("stepgate")
 
@@ -374,7 +383,7 @@ class Gateway:
                 headers = self.headers.response(resp.headers)
                 try:
                     small = await resp.small_body()
-                except (ConnectionError, asyncio.TimeoutError):
+                except (TimeoutError, ConnectionError):
                     raise Problem(502, "upstream-unavailable", "Upstream unavailable",
                                   detail="the upstream response broke off") from None
                 scope[STARTED] = True
@@ -387,7 +396,7 @@ class Gateway:
                     async for chunk in resp.body():
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
-                except (ConnectionError, asyncio.TimeoutError):
+                except (TimeoutError, ConnectionError):
                     log.warning("upstream body interrupted")
                     return
                 await send({"type": "http.response.body", "body": b""})

@@ -72,7 +72,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if rule is None:
         print(f"=> no rule matches; default_action: {s.default_action}")
     else:
-        what = rule.action
+        what: str = rule.action
         if rule.require is not None:
             rq = rule.require
             joiner = " and " if rq.all_of else " or "
@@ -95,20 +95,21 @@ def _uvicorn_kwargs(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .admin import AdminKeyError
     from .app import create_app
     from .keys import KeyError_
     s = _settings(args.config)
     workers = args.workers or s.workers
     kw = _uvicorn_kwargs(s, args)
+    try:
+        app = create_app(s)  # built here too with several workers: key errors surface once
+    except (KeyError_, AdminKeyError) as exc:
+        print(f"stepgate: {exc}", file=sys.stderr)
+        return 2
     if workers > 1:
         os.environ["STEPGATE_CONFIG"] = str(s.source)
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **kw)
         return 0
-    try:
-        app = create_app(s)
-    except KeyError_ as exc:
-        print(f"stepgate: {exc}", file=sys.stderr)
-        return 2
     uvicorn.run(app, **kw)
     return 0
 
@@ -201,6 +202,31 @@ def cmd_users(args: argparse.Namespace) -> int:
     return asyncio.run(_users(args))
 
 
+async def _audit(args: argparse.Namespace) -> int:
+    from .admin import _time
+    from .problems import Problem
+    from .store import open_store
+    s = _settings(args.config)
+    try:
+        since = _time(args.since, "since") if args.since else None
+        until = _time(args.until, "until") if args.until else None
+    except Problem as p:
+        print(f"stepgate: {p.detail}", file=sys.stderr)
+        return 2
+    store = open_store(s.store_url)
+    await store.open()
+    try:
+        for event in await store.audit(args.user, since, until, args.limit):
+            print(json.dumps(event, separators=(",", ":")))
+    finally:
+        await store.close()
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return asyncio.run(_audit(args))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stepgate", description="A second-factor gateway.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +277,13 @@ def parser() -> argparse.ArgumentParser:
     users.add_argument("user")
     users.add_argument("--label", default="authenticator")
     users.set_defaults(func=cmd_users)
+    audit = sub.add_parser("audit", help="read the audit events kept in the store")
+    with_config(audit)
+    audit.add_argument("--user")
+    audit.add_argument("--since", help="epoch seconds or ISO 8601")
+    audit.add_argument("--until", help="epoch seconds or ISO 8601")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.set_defaults(func=cmd_audit)
     return p
 
 

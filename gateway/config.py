@@ -247,7 +247,8 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
     try:
         doc = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError([f"{where}: expected a readable configuration file, found {exc.strerror}"])
+        raise ConfigError([f"{where}: expected a readable configuration file, "
+                           f"found {exc.strerror}"]) from None
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError([f"{where}: expected a YAML document, found an error: {exc}"]) from None
     base = cfg_path.resolve().parent

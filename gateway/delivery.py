@@ -46,7 +46,7 @@ class CommandDeliverer:
             raise DeliveryFailed(self.ch.name) from None
         try:
             await asyncio.wait_for(proc.communicate(message.encode()), self.ch.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             log.error("channel %s: command timed out", self.ch.name)

@@ -218,6 +218,8 @@ class Endpoints:
         cid = secrets.token_urlsafe(18)
         ttl = gw.settings.challenge_ttl
         sent_at = None
+        digest: str | None = None
+        started_id: str | None = None
         extra: dict[str, Any] = {}
         if isinstance(impl, DeliveredFactor):
             # Asking again for the same ticket and factor resends: a new code after

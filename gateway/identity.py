@@ -80,6 +80,8 @@ class _Cache:
 
 
 class HtpasswdIdentity:
+    challenge: bytes | None
+
     def __init__(self, settings: BasicIdentity, clock: Callable[[], float] = time.time) -> None:
         assert settings.htpasswd is not None
         self.path: Path = settings.htpasswd
@@ -121,6 +123,8 @@ class HtpasswdIdentity:
 class ProbeIdentity:
     """Asks the upstream whether the client's credentials are good (2xx = yes)."""
 
+    challenge: bytes | None
+
     def __init__(self, settings: BasicIdentity, forwarder: Forwarder,
                  clock: Callable[[], float] = time.time) -> None:
         assert settings.probe_path is not None
@@ -154,6 +158,8 @@ class ProbeIdentity:
 class BackendIdentity:
     """`verify: backend`: the user name is taken as given; the upstream checks the password."""
 
+    challenge: bytes | None
+
     def __init__(self, settings: BasicIdentity) -> None:
         self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'.encode()
 
@@ -165,6 +171,8 @@ class BackendIdentity:
 
 class HeaderIdentitySource:
     """A user header set by a front proxy; believed only from trusted_proxies."""
+
+    challenge: bytes | None
 
     def __init__(self, settings: HeaderIdentity, headers: HeaderPolicy) -> None:
         self.name = settings.name.lower().encode()

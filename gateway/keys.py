@@ -27,7 +27,7 @@ def generate_data_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
 
 
-def _read(env: str | None, file: object, what: str) -> list[str]:
+def _read(env: str | None, file: str | os.PathLike[str] | None, what: str) -> list[str]:
     raw = ""
     source = ""
     if env:
@@ -37,7 +37,7 @@ def _read(env: str | None, file: object, what: str) -> list[str]:
         try:
             raw = open(file, encoding="utf-8").read()  # noqa: SIM115
         except OSError as exc:
-            raise KeyError_(f"{what}: expected a readable key file, found {exc.strerror} at {file}")
+            raise KeyError_(f"{what}: expected a readable key file, found {exc.strerror} at {file}") from None
         source = f"file {file}"
     keys = [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
     if not keys:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Protocol
@@ -190,7 +189,7 @@ class _AiohttpResponse:
             return None
         try:
             return bytes(await self._resp.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise ConnectionError("upstream body interrupted") from exc
 
     async def body(self) -> AsyncIterator[bytes]:
@@ -198,7 +197,7 @@ class _AiohttpResponse:
         try:
             async for chunk in self._resp.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise ConnectionError("upstream body interrupted") from exc
 
     async def aclose(self) -> None:
@@ -241,7 +240,7 @@ class AiohttpForwarder:
         try:
             resp = await session.request(method, url, headers=headers, data=body,
                                          allow_redirects=False, compress=None)
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise upstream_timeout() from exc
         except aiohttp.ClientConnectorError as exc:
             raise upstream_unreachable() from exc

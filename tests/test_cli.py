@@ -95,3 +95,60 @@ def test_run_without_keys_fails_clearly(tmp_path: Path) -> None:
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert r.returncode == 2
     assert "signing keys: expected at least one key in environment variable STEPGATE_KEYS" in r.stderr
+
+
+def test_audit_command_reads_the_store(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.store import open_store
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"rules": [
+        {"name": "a", "match": {"paths": ["/x"]}, "action": "allow"}]}))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"upstream": {"url": "http://127.0.0.1:1"}, "policies": "p.yaml",
+                                   "store": "sqlite:///s.db",
+                                   "identity": {"basic": {"verify": "backend"}}}))
+
+    async def seed() -> None:
+        store = open_store(f"sqlite:///{tmp_path}/s.db")
+        await store.open()
+        for ts, user in [(100.0, "a"), (200.0, "b"), (300.0, "a")]:
+            await store.append_audit({"ts": ts, "event": "failed", "user": user})
+        await store.close()
+    asyncio.run(seed())
+    r = stepgate("audit", "--config", str(cfg), "--user", "a", "--since", "150")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["ts"] for line in r.stdout.splitlines()] == [300.0]
+    bad = stepgate("audit", "--config", str(cfg), "--since", "yesterday")
+    assert bad.returncode == 2 and "expected 'since' as epoch seconds or ISO 8601" in bad.stderr
+
+
+def test_multi_worker_run_serves(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"rules": [
+        {"name": "a", "match": {"paths": ["/x"]}, "action": "deny"}]}))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"upstream": {"url": "http://127.0.0.1:1"}, "policies": "p.yaml",
+                                   "store": "sqlite:///s.db", "listen": f"127.0.0.1:{port}",
+                                   "audit": {"path": "audit.jsonl"}}))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg),
+                             "--workers", "2"], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/x", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert r.status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -181,3 +181,55 @@ def test_durations(text: object, seconds: float | None) -> None:
                                        ("1MB", 1000000), ("lots", None)])
 def test_sizes(text: object, size: int | None) -> None:
     assert parse_size(text) == size
+
+
+def test_channels(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, {**BASE, "factors": {
+        "sms": {"deliver": {"command": ["./bin/send-sms", "--fast"], "timeout": "5s"}},
+        "email": {"deliver": {"smtp": {"host": "127.0.0.1", "port": 2525,
+                                       "sender": "2fa@example.com"}}, "second_factor": False},
+        "pager": {"deliver": {"webhook": {"url": "http://hooks.local/p"}}, "digits": 8}},
+        "notify": {"channel": "email"}}))
+    assert s.factors == ("totp", "recovery", "pager", "sms")  # yaml.safe_dump sorts keys
+    sms = s.channel("sms")
+    assert sms is not None and sms.command == (str(tmp_path / "bin/send-sms"), "--fast")
+    assert sms.address == "e164" and sms.timeout == 5.0
+    email = s.channel("email")
+    assert email is not None and email.address == "email" and email.smtp is not None
+    assert s.notify_channel == "email"
+
+
+CHANNEL_ERRORS = [
+    ({"sms": {"deliver": {}}},
+     "factors.sms.deliver.command: expected exactly one of 'command', 'webhook' or 'smtp', found '0 of them'"),
+    ({"sms": {"deliver": {"command": ["x"]}, "digits": 4}},
+     "factors.sms.digits: expected an integer >= 6 and <= 8, found the number 4"),
+    ({"sms": {"deliver": {"command": ["x"]}, "ttl": "1h"}},
+     "factors.sms.ttl: expected a duration like '30s', '2m' or '1h' of at most 600s, found '1h'"),
+    ({"sms": {"deliver": {"webhook": {"url": "ftp://x"}}}},
+     "factors.sms.deliver.webhook.url: expected an http:// or https:// URL, found 'ftp://x'"),
+    ({"Bad Name": {"deliver": {"command": ["x"]}}},
+     "factors.Bad Name: expected a channel name of lower-case letters, digits, '_' or '-'"),
+    ({"sms": {"deliver": {"command": ["x"]}, "address": "phone"}},
+     "factors.sms.address: expected one of 'e164', 'email', 'any', found 'phone'"),
+]
+
+
+@pytest.mark.parametrize("factors,message", CHANNEL_ERRORS)
+def test_channel_errors(tmp_path: Path, factors: dict, message: str) -> None:
+    errs = errors_of(write(tmp_path, {**BASE, "factors": factors}))
+    assert any(e.startswith(f"{tmp_path / 'config.yaml'}: {message}") for e in errs), errs
+
+
+def test_notify_must_name_a_channel(tmp_path: Path) -> None:
+    errs = errors_of(write(tmp_path, {**BASE, "notify": {"channel": "pigeon"}, "factors": {
+        "sms": {"deliver": {"command": ["x"]}}}}))
+    assert errs == [f"{tmp_path / 'config.yaml'}: notify.channel: expected one of 'sms', "
+                    "found 'pigeon'"]
+
+
+def test_notification_only_channel_cannot_be_required(tmp_path: Path) -> None:
+    errs = errors_of(write(tmp_path, {**BASE, "factors": {
+        "email": {"deliver": {"smtp": {"host": "h"}}, "second_factor": False}}},
+        [{"name": "r", "match": {"paths": ["/a"]}, "require": {"factors": ["email"]}}]))
+    assert "expected factors the configuration enables (recovery, totp), found 'email'" in errs[0]

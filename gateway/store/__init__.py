@@ -1,7 +1,6 @@
 """Storage backends behind one contract."""
 
-from .base import (ChallengeRecord, FactorRecord, ReserveResult, Store, StoreUnavailable,
-                   UserLock)
+from .base import ChallengeRecord, FactorRecord, ReserveResult, Store, StoreUnavailable, UserLock
 
 
 def open_store(url: str) -> Store:

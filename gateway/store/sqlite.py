@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
@@ -46,7 +46,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _guard(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+def _guard(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Run a short synchronous SQLite call; translate its errors once, here."""
 
     @functools.wraps(fn)
