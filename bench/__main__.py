@@ -362,19 +362,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              "warning"], 0),
             cwd=ROOT, env=dict(os.environ, REF_UPSTREAM=f"http://127.0.0.1:{up}"))
         procs.append(ref_proc)
+        hx = free_port()
+        hx_proc = subprocess.Popen(pinned(
+            [sys.executable, "-m", "uvicorn", "bench.refproxy:app", "--host", "127.0.0.1",
+             "--port", str(hx), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+             "--no-server-header", "--no-date-header", "--no-proxy-headers", "--log-level",
+             "warning"], 0),
+            cwd=ROOT, env=dict(os.environ, REF_UPSTREAM=f"http://127.0.0.1:{up}",
+                               REF_CLIENT="httpx"))
+        procs.append(hx_proc)
         keys, data = setup_gateway(d, up, gw, args.tokens, args.verify)
         gw_proc = subprocess.Popen(pinned([sys.executable, "-m", "gateway", "run", "--config",
                                            str(d / "config.yaml")], 0), cwd=ROOT,
                                    env=dict(os.environ, **keys), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         procs.append(gw_proc)
-        for port in (up, nx, ref, gw):
+        for port in (up, nx, ref, hx, gw):
             wait_port(port)
         s, c = args.seconds, args.connections
 
 
         # warm every server and the identity cache
-        for port in (up, nx, ref, gw):
+        for port in (up, nx, ref, hx, gw):
             wrk(f"http://127.0.0.1:{port}/public/x", seconds=1, connections=c)
         wrk(f"http://127.0.0.1:{gw}/session/a", seconds=1, connections=c,
             headers={"Authorization": data["auth"], "X-Stepgate-Token": data["session"]})
@@ -384,6 +393,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("upstream direct", f"http://127.0.0.1:{up}/public/x", None, None),
             ("nginx proxy_pass", f"http://127.0.0.1:{nx}/public/x", None, None),
             ("reference proxy", f"http://127.0.0.1:{ref}/public/x", ref_proc.pid, None),
+            ("reference, httpx client", f"http://127.0.0.1:{hx}/public/x", hx_proc.pid, None),
             ("gateway allowed", f"http://127.0.0.1:{gw}/public/x", gw_proc.pid, None),
             ("gateway session token", f"http://127.0.0.1:{gw}/session/a", gw_proc.pid,
              auth_headers),

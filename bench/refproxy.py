@@ -17,6 +17,38 @@ HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"
        b"proxy-connection", b"trailer"}
 
 
+class HttpxRefProxy:
+    """The same proxy on httpx's default transport, to show why the gateway uses aiohttp."""
+
+    def __init__(self) -> None:
+        import httpx
+        self.client = httpx.AsyncClient(base_url=UPSTREAM, timeout=30, trust_env=False,
+                                        limits=httpx.Limits(max_keepalive_connections=100))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await self.client.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        headers = [(k, v) for k, v in scope["headers"] if k not in HOP]
+        target = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        while True:
+            msg = await receive()
+            if not msg.get("more_body"):
+                break
+        resp = await self.client.request(scope["method"], target, headers=headers)
+        await send({"type": "http.response.start", "status": resp.status_code,
+                    "headers": [(k.lower(), v) for k, v in resp.headers.raw if k.lower() not in HOP]})
+        await send({"type": "http.response.body", "body": resp.content})
+
+
 class RefProxy:
     def __init__(self) -> None:
         self.session: aiohttp.ClientSession | None = None
@@ -60,4 +92,4 @@ class RefProxy:
             await send({"type": "http.response.body", "body": b""})
 
 
-app = RefProxy()
+app = HttpxRefProxy() if os.environ.get("REF_CLIENT") == "httpx" else RefProxy()

@@ -368,3 +368,28 @@ async def test_httpx_forwarder_maps_errors() -> None:
         await fwd.send("GET", "/x", [], None)
     assert getattr(err.value, "status", None) == 504
     await fwd.aclose()
+
+
+async def test_client_helper_with_async_client(env: Env) -> None:
+    from gateway.client import StepgateAuth
+    secret = await env.enrol("carol")
+    asked: list[str] = []
+
+    def code(factor: str, info: dict[str, Any]) -> str:
+        asked.append(factor)
+        return env.code(secret, 1)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app),
+                                 base_url="http://gw.test",
+                                 auth=StepgateAuth(code, basic=("carol", PW))) as client:
+        r = await client.post("/pay", json={"x": 1})
+    assert r.status_code == 200 and asked == ["totp"]
+    assert env.upstream[-1].headers["x-stepgate-user"] == "carol"
+    assert "x-stepgate-token" not in env.upstream[-1].headers
+
+
+async def test_enrollment_admin_closes_self_enrolment(env: Env) -> None:
+    import dataclasses
+    env.app.settings = dataclasses.replace(env.app.settings, enrollment="admin")
+    r = await env.client.post(f"{P}/factors/totp", auth=("alice", PW))
+    assert r.status_code == 403
+    assert r.json()["type"] == "urn:stepgate:problem:enrollment-closed"

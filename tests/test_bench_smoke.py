@@ -28,6 +28,7 @@ def test_bench_runs_and_writes_its_report(tmp_path: Path) -> None:
     (report,) = tmp_path.glob("*.json")
     doc = json.loads(report.read_text())
     assert set(doc["rows"]) == {"upstream direct", "nginx proxy_pass", "reference proxy",
+                                "reference, httpx client",
                                 "gateway allowed", "gateway session token",
                                 "gateway request tokens", "verify endpoint"}
     assert doc["rows"]["gateway request tokens"]["requests"] == 100
