@@ -11,8 +11,13 @@ import httpx
 import pytest
 
 from gateway.config import BasicIdentity, HeaderIdentity
-from gateway.identity import (BackendIdentity, HeaderIdentitySource, HtpasswdIdentity,
-                              ProbeIdentity, parse_basic)
+from gateway.identity import (
+    BackendIdentity,
+    HeaderIdentitySource,
+    HtpasswdIdentity,
+    ProbeIdentity,
+    parse_basic,
+)
 from gateway.proxy import HeaderPolicy, HttpxForwarder
 
 pytestmark = pytest.mark.anyio
