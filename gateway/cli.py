@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -137,6 +138,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The demo upstream and the gateway in one command, on config.example.yaml."""
     _ensure_demo_keys()
     s = _settings(args.config)
+    # uvicorn re-raises the signal that stopped it; turning SIGTERM into SystemExit lets
+    # the `finally` below stop the demo upstream too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     upstream = subprocess.Popen([sys.executable, "-m", "gateway", "demo-upstream", "--listen",
                                  s.upstream.url.split("//", 1)[1]])
     try:
