@@ -79,7 +79,33 @@ class _Cache:
         self._entries[key] = (self.clock() + (self.ttl if ttl is None else ttl), user)
 
 
-class HtpasswdIdentity:
+class _CachedBasic:
+    """HTTP Basic checked by ``verify`` and remembered for a while (see _Cache)."""
+
+    cache: _Cache
+
+    async def verify(self, raw: bytes, user: str, password: str) -> tuple[bool, float | None]:
+        """Whether the password is good, and how long to remember that (None: the default)."""
+        raise NotImplementedError
+
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
+        raw = authorization(headers)
+        if raw is None:
+            return None
+        key = self.cache.key(raw)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit[1]
+        creds = parse_basic(raw)
+        if creds is None:
+            return None
+        ok, ttl = await self.verify(raw, *creds)
+        result = creds[0] if ok else None
+        self.cache.put(key, result, ttl)
+        return result
+
+
+class HtpasswdIdentity(_CachedBasic):
     challenge: bytes | None
 
     def __init__(self, settings: BasicIdentity, clock: Callable[[], float] = time.time) -> None:
@@ -101,26 +127,13 @@ class HtpasswdIdentity:
                 users[name] = hashed.replace("$2y$", "$2b$", 1).encode()
         return users
 
-    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
-        raw = authorization(headers)
-        if raw is None:
-            return None
-        key = self.cache.key(raw)
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit[1]
-        creds = parse_basic(raw)
-        if creds is None:
-            return None
-        user, password = creds
+    async def verify(self, raw: bytes, user: str, password: str) -> tuple[bool, float | None]:
         hashed = self.users.get(user)
         ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed or _DUMMY_HASH)
-        result = user if ok and hashed is not None else None
-        self.cache.put(key, result)
-        return result
+        return ok and hashed is not None, None
 
 
-class ProbeIdentity:
+class ProbeIdentity(_CachedBasic):
     """Asks the upstream whether the client's credentials are good (2xx = yes)."""
 
     challenge: bytes | None
@@ -133,26 +146,15 @@ class ProbeIdentity:
         self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'.encode()
         self.cache = _Cache(settings.probe_cache_ttl, clock)
 
-    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
-        raw = authorization(headers)
-        if raw is None:
-            return None
-        key = self.cache.key(raw)
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit[1]
-        creds = parse_basic(raw)
-        if creds is None:
-            return None
+    async def verify(self, raw: bytes, user: str, password: str) -> tuple[bool, float | None]:
         resp = await self.forwarder.send("GET", self.path,
                                          [("authorization", raw.decode("latin-1"))], None)
         try:
-            result = creds[0] if 200 <= resp.status < 300 else None
+            ok = 200 <= resp.status < 300
         finally:
             await resp.aclose()
         # Failures are cached briefly too, so a password guesser cannot hammer the upstream.
-        self.cache.put(key, result, None if result else min(self.cache.ttl, 5.0))
-        return result
+        return ok, None if ok else min(self.cache.ttl, 5.0)
 
 
 class BackendIdentity:
