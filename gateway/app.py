@@ -179,9 +179,8 @@ class Gateway:
             await self.endpoints.dispatch(scope, receive, send, cp)
             return
         headers = scope["headers"]
-        has_body = check_framing(headers)
+        has_body, raw_host = check_framing(headers)
         method = scope["method"]
-        raw_host = header(headers, b"host")
         host = raw_host.decode("latin-1").lower() if raw_host else ""
         if host.startswith("["):
             host = host[: host.find("]") + 1]

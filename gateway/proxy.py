@@ -20,6 +20,7 @@ VIA = "1.1 stepgate"
 # upstream's) and Expect (the gateway already answered any 100-continue).
 _SKIP = HOP_BY_HOP | {b"host", b"expect"}
 StrHeaders = list[tuple[str, str]]
+_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b""})
 
 
 class UpstreamError(Problem):
@@ -34,14 +35,6 @@ def upstream_unreachable() -> UpstreamError:
 def upstream_timeout() -> UpstreamError:
     return UpstreamError(504, "upstream-timeout", "Upstream timeout",
                          detail="the upstream service did not answer in time")
-
-
-def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    named: set[bytes] = set()
-    for k, v in headers:
-        if k == b"connection":
-            named.update(t.strip().lower() for t in v.split(b",") if t.strip())
-    return named
 
 
 def own_header_names(names: Iterable[str]) -> frozenset[bytes]:
@@ -123,8 +116,9 @@ class HeaderPolicy:
                 via = v if via is None else via + b", " + v
                 continue
             out.append((k.decode("latin-1"), v.decode("latin-1")))
-        if named is not None:
-            names = {t.strip().lower() for t in named.split(b",")}
+        names = {t.strip().lower() for t in named.split(b",")} - _CONNECTION_OPTIONS \
+            if named is not None else None
+        if names:
             out = [(k, v) for k, v in out if k.encode("latin-1") not in names]
             if names & FORWARDING:
                 xff = proto = fhost = None
@@ -141,12 +135,22 @@ class HeaderPolicy:
 
     @staticmethod
     def response(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-        """Lower-cased names (ASGI wants them so) without hop-by-hop fields."""
-        out = [(k.lower(), v) for k, v in headers]
-        if any(k == b"connection" for k, _ in out):
-            drop = _connection_tokens(out)
-            return [(k, v) for k, v in out if k not in HOP_BY_HOP and k not in drop]
-        return [(k, v) for k, v in out if k not in HOP_BY_HOP]
+        """Lower-cased names (ASGI wants them so) without hop-by-hop fields, in one pass;
+        a second only when Connection names fields beyond keep-alive/close."""
+        out: Headers = []
+        named: bytes | None = None
+        for k, v in headers:
+            k = k.lower()
+            if k in HOP_BY_HOP:
+                if k == b"connection":
+                    named = v if named is None else named + b"," + v
+                continue
+            out.append((k, v))
+        if named is not None:
+            tokens = {t.strip().lower() for t in named.split(b",")} - _CONNECTION_OPTIONS
+            if tokens:
+                out = [(k, v) for k, v in out if k not in tokens]
+        return out
 
 
 SMALL_BODY = 64 * 1024

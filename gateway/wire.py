@@ -25,25 +25,30 @@ def header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return None
 
 
-def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether the request carries a body; 400 on framing a smuggler could exploit (RFC 9112 §6.3)."""
+def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bool, bytes | None]:
+    """(whether the request carries a body, its Host) in one pass; 400 on framing a request
+    smuggler could exploit (RFC 9112 §6.3): both Content-Length and Transfer-Encoding, or
+    several or invalid Content-Length values."""
     lengths: list[bytes] = []
     te = False
+    host = None
     for k, v in headers:
-        if k == b"content-length":
+        if k == b"host":
+            host = v
+        elif k == b"content-length":
             lengths.append(v)
         elif k == b"transfer-encoding":
             te = True
     if not lengths and not te:
-        return False
+        return False, host
     if te and lengths:
         raise bad_request("the request has both Content-Length and Transfer-Encoding",
                           "bad-framing")
     if len(set(lengths)) > 1 or any(not v.strip().isdigit() for v in lengths):
         raise bad_request("the request has an invalid Content-Length", "bad-framing")
     if te:
-        return True
-    return bool(lengths) and int(lengths[0]) > 0
+        return True, host
+    return int(lengths[0]) > 0, host
 
 
 def too_large(limit: int) -> Problem:

@@ -160,18 +160,29 @@ class GatewayProcess:
 
     def start(self) -> GatewayProcess:
         env = dict(os.environ, STEPGATE_KEYS=SIGNING, STEPGATE_DATA_KEYS=DATA, **self.env)
+        # The server's output goes to a file beside its config: a pipe nobody reads could
+        # fill up and stall it, and the file is there to read when a test fails.
+        self.log = open(self.config.parent / "gateway.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config",
-                                      str(self.config)], env=env, stdout=subprocess.PIPE,
+                                      str(self.config)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        wait_ready(self.proc, f"{self.url}/.stepgate/config")
+        try:
+            wait_ready(self.proc, f"{self.url}/.stepgate/config")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.output}") from None
         return self
+
+    @property
+    def output(self) -> str:
+        path = self.config.parent / "gateway.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> str:
         assert self.proc is not None
         stop(self.proc)
-        out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+        self.log.close()
         self.proc = None
-        return out
+        return self.output
 
     @property
     def audit(self) -> str:

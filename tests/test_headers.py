@@ -104,3 +104,10 @@ def test_response_hop_by_hop_removed_and_duplicates_kept() -> None:
             (b"content-encoding", b"gzip")]
     assert HeaderPolicy.response(resp) == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
                                            (b"content-encoding", b"gzip")]
+
+
+def test_connection_options_alone_drop_nothing_else() -> None:
+    resp = [(b"Connection", b"keep-alive"), (b"Content-Type", b"text/plain"), (b"X-A", b"1")]
+    assert HeaderPolicy.response(resp) == [(b"content-type", b"text/plain"), (b"x-a", b"1")]
+    out = outbound([(b"connection", b"keep-alive, x-a"), (b"x-a", b"1"), (b"x-b", b"2")])
+    assert (b"x-b", b"2") in out and (b"x-a", b"1") not in out
