@@ -107,6 +107,14 @@ class Gateway:
         self.endpoints = Endpoints(self)
         self._started = False
         self._token_cache: dict[bytes, Token] = {}
+        # Allow decisions that depend only on (method, raw path, Host) are remembered; that
+        # holds up to the first rule with query, header or JSON conditions.
+        self._decisions: dict[tuple[str, bytes, bytes | None], tuple[CanonicalPath, Rule | None]] = {}
+        self._position = {r.name: n for n, r in enumerate(self.policy.rules)}
+        self._simple = next((n for n, r in enumerate(self.policy.rules)
+                             if r.query or r.headers or r.json), len(self.policy.rules))
+        if self._simple == len(self.policy.rules):
+            self._simple += 1  # no rule has such conditions: default decisions are simple too
 
     # ------------------------------------------------------------------ ASGI
 
@@ -168,6 +176,17 @@ class Gateway:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
+        headers = scope["headers"]
+        has_body, raw_host = check_framing(headers)
+        method = scope["method"]
+        key = (method, raw_path, raw_host)
+        hit = self._decisions.get(key)
+        if hit is not None:
+            cp, rule = hit
+            if rule is None or rule.action == "allow":
+                self.audit.forwarded("allowed", rule.name if rule else None, method, cp.raw)
+                await self.forward(scope, receive, send, cp, None, has_body, [])
+                return
         cp = canonicalize(raw_path, normalize=self.settings.normalize_paths)
         path = cp.decoded
         if self.settings.case_insensitive:
@@ -178,9 +197,6 @@ class Gateway:
         if under:
             await self.endpoints.dispatch(scope, receive, send, cp)
             return
-        headers = scope["headers"]
-        has_body, raw_host = check_framing(headers)
-        method = scope["method"]
         host = raw_host.decode("latin-1").lower() if raw_host else ""
         if host.startswith("["):
             host = host[: host.find("]") + 1]
@@ -194,6 +210,13 @@ class Gateway:
             body = await self._buffer(receive, headers)
             rule = self.policy.match(dataclasses.replace(req, body=body))
         action = rule.action if rule is not None else self.policy.default_action
+        position = self._position[rule.name] if rule is not None else len(self.policy.rules)
+        if action == "allow" and position < self._simple:
+            # Decided by method, path and host alone: the same request decides the same way.
+            if len(self._decisions) >= 4096:
+                self._decisions.clear()
+            if rule is not None or self.policy.default_action == "allow":
+                self._decisions[key] = (cp, rule)
         if action == "allow":
             self.audit.forwarded("allowed", rule.name if rule else None, method, cp.raw)
             await self.forward(scope, receive, send, cp, body, has_body, [])

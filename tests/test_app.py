@@ -393,3 +393,41 @@ async def test_enrollment_admin_closes_self_enrolment(env: Env) -> None:
     r = await env.client.post(f"{P}/factors/totp", auth=("alice", PW))
     assert r.status_code == 403
     assert r.json()["type"] == "urn:stepgate:problem:enrollment-closed"
+
+
+async def test_remembered_decisions_never_outlive_their_conditions(tmp_path: Any) -> None:
+    """Allow decisions are cached by (method, raw path, Host) only up to the first rule
+    with query/header/JSON conditions; everything after is decided afresh."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "a.yaml").write_text(yaml.safe_dump({"rules": [
+        {"name": "open", "match": {"paths": ["/open/**"], "hosts": ["good.test"]},
+         "action": "allow"}]}))
+    (tmp_path / "policies" / "b.yaml").write_text(yaml.safe_dump({"rules": [
+        {"name": "admin-query", "match": {"paths": ["/mixed"], "query": {"admin": "1"}},
+         "action": "deny"},
+        {"name": "mixed", "match": {"paths": ["/mixed"]}, "action": "allow"}]}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "upstream": {"url": "http://upstream.test"}, "policies": "policies/",
+        "store": "sqlite:///s.db", "default_action": "deny"}))
+    seen: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+    app = create_app(load_settings(tmp_path / "c.yaml"),
+                     forwarder=HttpxForwarder("http://upstream.test",
+                                              transport=httpx.MockTransport(upstream)),
+                     keys=KeyRing([generate_signing_key()], [generate_data_key()]),
+                     audit=Audit("-", None, stream=io.StringIO()))
+    await app.startup()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://good.test") as c:
+        for _ in range(2):
+            assert (await c.get("/open/x")).status_code == 200
+            assert (await c.get("/open/x", headers={"host": "evil.test"})).status_code == 403
+            assert (await c.get("/mixed")).status_code == 200
+            assert (await c.get("/mixed?admin=1")).status_code == 403
+            assert (await c.get("/open/%2e%2e/x")).status_code == 400
+    assert list(app._decisions) == [("GET", b"/open/x", b"good.test")]
+    assert len(seen) == 4
+    await app.shutdown()
