@@ -179,44 +179,40 @@ class Gateway:
         headers = scope["headers"]
         has_body, raw_host = check_framing(headers)
         method = scope["method"]
+        body: bytes | None = None
         key = (method, raw_path, raw_host)
         hit = self._decisions.get(key)
         if hit is not None:
             cp, rule = hit
-            if rule is None or rule.action == "allow":
-                self.audit.forwarded("allowed", rule.name if rule else None, method, cp.raw)
-                await self.forward(scope, receive, send, cp, None, has_body, [])
+        else:
+            cp = canonicalize(raw_path, normalize=self.settings.normalize_paths)
+            path = cp.decoded
+            if self.settings.case_insensitive:
+                folded = path.lower()
+                under = folded == self.prefix.lower() or folded.startswith(self.prefix_slash.lower())
+            else:
+                under = path == self.prefix or path.startswith(self.prefix_slash)
+            if under:
+                await self.endpoints.dispatch(scope, receive, send, cp)
                 return
-        cp = canonicalize(raw_path, normalize=self.settings.normalize_paths)
-        path = cp.decoded
-        if self.settings.case_insensitive:
-            folded = path.lower()
-            under = folded == self.prefix.lower() or folded.startswith(self.prefix_slash.lower())
-        else:
-            under = path == self.prefix or path.startswith(self.prefix_slash)
-        if under:
-            await self.endpoints.dispatch(scope, receive, send, cp)
-            return
-        host = raw_host.decode("latin-1").lower() if raw_host else ""
-        if host.startswith("["):
-            host = host[: host.find("]") + 1]
-        else:
-            host = host.partition(":")[0]
-        req = RequestView(method, path, host, scope.get("query_string", b""), headers)
-        body: bytes | None = None
-        try:
-            rule = self.policy.match(req)
-        except NeedBody:
-            body = await self._buffer(receive, headers)
-            rule = self.policy.match(dataclasses.replace(req, body=body))
-        action = rule.action if rule is not None else self.policy.default_action
-        position = self._position[rule.name] if rule is not None else len(self.policy.rules)
-        if action == "allow" and position < self._simple:
-            # Decided by method, path and host alone: the same request decides the same way.
-            if len(self._decisions) >= 4096:
-                self._decisions.clear()
-            if rule is not None or self.policy.default_action == "allow":
+            host = raw_host.decode("latin-1").lower() if raw_host else ""
+            if host.startswith("["):
+                host = host[: host.find("]") + 1]
+            else:
+                host = host.partition(":")[0]
+            req = RequestView(method, path, host, scope.get("query_string", b""), headers)
+            try:
+                rule = self.policy.match(req)
+            except NeedBody:
+                body = await self._buffer(receive, headers)
+                rule = self.policy.match(dataclasses.replace(req, body=body))
+            if (self._position[rule.name] if rule else len(self.policy.rules)) < self._simple:
+                # Decided by method, raw path and Host alone, so the same three decide the
+                # same way next time; matching restarts at the first conditional rule.
+                if len(self._decisions) >= 4096:
+                    self._decisions.clear()
                 self._decisions[key] = (cp, rule)
+        action = rule.action if rule is not None else self.policy.default_action
         if action == "allow":
             self.audit.forwarded("allowed", rule.name if rule else None, method, cp.raw)
             await self.forward(scope, receive, send, cp, body, has_body, [])

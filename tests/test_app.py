@@ -396,7 +396,7 @@ async def test_enrollment_admin_closes_self_enrolment(env: Env) -> None:
 
 
 async def test_remembered_decisions_never_outlive_their_conditions(tmp_path: Any) -> None:
-    """Allow decisions are cached by (method, raw path, Host) only up to the first rule
+    """Decisions are cached by (method, raw path, Host) only up to the first rule
     with query/header/JSON conditions; everything after is decided afresh."""
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "a.yaml").write_text(yaml.safe_dump({"rules": [
