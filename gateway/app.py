@@ -107,6 +107,7 @@ class Gateway:
         self.endpoints = Endpoints(self)
         self._started = False
         self._token_cache: dict[bytes, Token] = {}
+        self._session_fits: dict[tuple[bytes, str, str], tuple[Token, StrHeaders]] = {}
         # Allow decisions that depend only on (method, raw path, Host) are remembered; that
         # holds up to the first rule with query, header or JSON conditions.
         self._decisions: dict[tuple[str, bytes, bytes | None], tuple[CanonicalPath, Rule | None]] = {}
@@ -251,6 +252,14 @@ class Gateway:
         value = header(headers, self.token_header)
         token: Token | None = None
         now = self.clock()
+        if value is not None and req.binding == "session":
+            fit = self._session_fits.get((value, rule.name, user))
+            if fit is not None and fit[0].expires >= now and (
+                    req.max_age is None or now - fit[0].verified_at <= req.max_age):
+                # This token already fitted this rule for this user; only time can change that.
+                self.audit.forwarded("token_used", rule.name, method, cp.raw, user, "session")
+                await self.forward(scope, receive, send, cp, body, has_body, fit[1])
+                return
         if value is not None:
             token = self.read_token(value, now)
             reason = "token is invalid or expired" if token is None else token_fits(
@@ -274,6 +283,10 @@ class Gateway:
                                   path=cp.raw)
             raise self.challenge(rule, user, bound)
         extra = self.evidence(user, rule.name, "+".join(token.factors), token.verified_at)
+        if token.uses == 0 and value is not None:
+            if len(self._session_fits) >= 4096:
+                self._session_fits.clear()
+            self._session_fits[(value, rule.name, user)] = (token, extra)
         if token.uses == 0:
             self.audit.forwarded("token_used", rule.name, method, cp.raw, user, token.binding)
             await self.forward(scope, receive, send, cp, body, has_body, extra)

@@ -45,6 +45,8 @@ RULES = {"rules": [
      "require": {"factors": ["totp"], "binding": "session", "max_age": "1m", "ttl": "10m"}},
     {"name": "both", "match": {"paths": ["/both"]},
      "require": {"factors": {"all_of": ["totp", "recovery"]}, "binding": "route"}},
+    {"name": "sess", "match": {"paths": ["/sess/**"]},
+     "require": {"factors": ["totp"], "binding": "session", "scope": "s", "ttl": "2m"}},
     {"name": "oauth", "match": {"paths": ["/oauth"]},
      "require": {"factors": ["totp"], "challenge_style": "rfc9470", "acr_values": "urn:x:2fa"}},
 ]}
@@ -431,3 +433,18 @@ async def test_remembered_decisions_never_outlive_their_conditions(tmp_path: Any
     assert list(app._decisions) == [("GET", b"/open/x", b"good.test")]
     assert len(seen) == 4
     await app.shutdown()
+
+
+async def test_session_token_expires_even_when_remembered(env: Env) -> None:
+    secret = await env.enrol("alice")
+    ch = await env.challenge("alice", "GET", "/sess/a")
+    tok = (await env.client.post(ch["verify_uri"], auth=("alice", PW),
+                                 json={"code": env.code(secret, 1)})).json()["token"]
+    h = {"X-Stepgate-Token": tok}
+    for path in ("/sess/a", "/sess/a", "/sess/b"):
+        assert (await env.client.get(path, auth=("alice", PW), headers=h)).status_code == 200
+    other = await env.client.get("/sess/a", auth=("bob", PW), headers=h)
+    assert other.status_code == 401  # remembered for alice, not for bob
+    env.clock.t += 121
+    late = await env.client.get("/sess/a", auth=("alice", PW), headers=h)
+    assert late.status_code == 401 and late.json()["detail"] == "token is invalid or expired"
