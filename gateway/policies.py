@@ -205,7 +205,7 @@ def parse_json_body(body: bytes) -> Any:
         return json.loads(body, object_pairs_hook=_reject_duplicate_keys)
     except Problem:
         raise
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise bad_request("the route inspects the JSON body, which is not valid JSON",
                           "invalid-body") from None
 

@@ -122,7 +122,7 @@ async def read_json(receive: Receive, headers: Sequence[tuple[bytes, bytes]], *,
                       detail="expected Content-Type application/json")
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise bad_request("expected a JSON object body, found invalid JSON", "invalid-body") from None
     if not isinstance(doc, dict):
         raise bad_request("expected a JSON object body", "invalid-body")

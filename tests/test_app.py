@@ -294,6 +294,8 @@ BAD_INPUT = [
     ("POST", f"{P}/challenges", {"json": {"ticket": "garbage"}}, 400, "invalid-ticket"),
     ("POST", f"{P}/challenges", {"content": b'{"ticket":"x"}', "headers": {"content-type": "text/plain"}}, 415, "unsupported-media-type"),
     ("POST", f"{P}/challenges", {"json": {"ticket": "x" * 20000}}, 413, "body-too-large"),
+    ("POST", f"{P}/challenges", {"content": b"[" * 5000 + b"]" * 5000,
+                                 "headers": {"content-type": "application/json"}}, 400, "invalid-body"),
     ("POST", f"{P}/challenges/abc/verify", {"json": {"code": "123456"}}, 404, "not-found"),
     ("POST", f"{P}/challenges/%2e%2e/verify", {"json": {}}, 400, "non-canonical-path"),
     ("POST", f"{P}/challenges/AAAAAAAAAAAA/verify", {"json": {"code": 123456}}, 400, "invalid-body"),

@@ -94,6 +94,7 @@ def test_body_is_requested_only_when_a_json_rule_is_reached(policy: Policy) -> N
     view("GET", "/t", headers=[(b"x-tenant", b"a"), (b"x-tenant", b"c")]),
     view("POST", "/pay", body=b'{"amount": 1, "amount": 5000}'),
     view("POST", "/pay", body=b'not json'),
+    view("POST", "/pay", body=b"[" * 100000 + b"]" * 100000),
 ])
 def test_ambiguous_or_unreadable_input_is_rejected(policy: Policy, req: RequestView) -> None:
     with pytest.raises(Problem) as err:
