@@ -88,7 +88,8 @@ def _uvicorn_kwargs(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "listen", None):
         host, _, p = args.listen.rpartition(":")
         port = int(p)
-    return dict(host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+    from .server import GatewayHttpProtocol
+    return dict(host=host, port=port, loop="uvloop", http=GatewayHttpProtocol, lifespan="on",
                 access_log=bool(getattr(args, "access_log", False)), server_header=False,
                 date_header=False, log_level="info", proxy_headers=False)
 

@@ -192,9 +192,12 @@ def test_conflicting_framing_is_rejected(gateway: GatewayProcess, upstream: Upst
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     resp = request(gateway.port, head, b"0\r\n\r\n")
     assert resp.status == 400
+    assert resp.header("content-type") == "application/problem+json"
+    assert resp.json()["type"] == "urn:stepgate:problem:bad-framing"
     head = (b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
             b"Content-Length: 5\r\nConnection: close\r\n\r\n")
-    assert request(gateway.port, head, b"abcde").status == 400
+    resp = request(gateway.port, head, b"abcde")
+    assert resp.status == 400 and resp.json()["status"] == 400
     assert upstream.records() == []
 
 
