@@ -100,8 +100,7 @@ class Gateway:
             require=Requirement(tuple(settings.factors), False, settings.manage.binding,
                                 settings.manage.ttl, 0 if settings.manage.binding == "session"
                                 else 1, MANAGE_RULE, None, "deny", "secondfactor",
-                                "urn:stepgate:2fa"),
-            builtin=True)
+                                "urn:stepgate:2fa"))
         self.prefix = settings.prefix
         self.prefix_slash = settings.prefix + "/"
         self.endpoints = Endpoints(self)

@@ -312,6 +312,8 @@ class Endpoints:
             raise Problem(410, "challenge-gone", "Challenge no longer usable",
                           detail="the challenge was already used", state="verified")
         await gw.store.reset_failures(user)
+        if result.factor_id is not None:
+            await gw.store.touch_factor(result.factor_id, now)
         await gw.audit.emit("verified", user=user, rule=rule.name, factor=ch.factor)
         req = rule.require
         factors: tuple[str, ...] = (ch.factor,)

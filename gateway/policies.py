@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
@@ -112,11 +112,6 @@ class Rule:
     headers: tuple[tuple[str, tuple[Condition, ...]], ...]
     json: tuple[tuple[str, tuple[str | int, ...], tuple[Condition, ...]], ...]
     require: Requirement | None
-    builtin: bool = False
-    needs_body: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.needs_body = bool(self.json)
 
     def describe(self) -> str:
         return f"rule #{self.index + 1} ('{self.name}') in {self.source}"
@@ -523,10 +518,6 @@ def load_policy(path: Path, *, default_action: Literal["allow", "deny"],
     if own and errs:
         raise ConfigError(errs)
     return Policy(rules, default_action, sources)
-
-
-def rule_error(rule: Rule, key: str, message: str) -> str:
-    return f"{rule.source}: rule #{rule.index + 1} ('{rule.name}'): {key}: {message}"
 
 
 __all__ = ["Policy", "Rule", "Requirement", "RequestView", "NeedBody", "load_policy",

@@ -140,6 +140,8 @@ def test_command_channel_enrol_and_codes_bound_to_their_challenge(gw: GatewayPro
             assert c.post(b["verify_uri"], json={"code": code_a}).status_code == 403
         v = c.post(b["verify_uri"], json={"code": code_b})
         assert v.status_code == 200
+        (sms,) = c.get(f"{P}/factors").json()["factors"]
+        assert sms["type"] == "sms" and sms["last_used_at"] is not None
         assert c.get("/sms/1", headers={"X-Stepgate-Token": v.json()["token"]}).status_code == 200
         assert c.post(b["verify_uri"], json={"code": code_b}).status_code == 410  # single use
         # a fourth code within ten minutes is refused

@@ -10,7 +10,6 @@ import re
 from ..store import ChallengeRecord, FactorRecord, Store
 from .base import Started, Verification
 
-GROUPS = 4
 GROUP = 4  # 16 base32 characters = 80 bits per code
 _CLEAN = re.compile(r"[\s-]")
 _VALID = re.compile(r"[A-Z2-7]{16}")

@@ -7,7 +7,6 @@ import hmac
 import io
 import os
 import re
-from urllib.parse import quote
 
 import pyotp
 import segno
@@ -96,6 +95,3 @@ class TotpFactor:
                     return Verification(True, record.id)
         return Verification(False)
 
-
-def label_for(user: str, issuer: str) -> str:
-    return quote(f"{issuer}:{user}")
