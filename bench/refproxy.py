@@ -17,6 +17,17 @@ HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"
        b"proxy-connection", b"trailer"}
 
 
+async def lifespan(receive: Any, send: Any, on_shutdown: Any) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await on_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 class HttpxRefProxy:
     """The same proxy on httpx's default transport, to show why the gateway uses aiohttp."""
 
@@ -27,14 +38,8 @@ class HttpxRefProxy:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await self.client.aclose()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send, self.client.aclose)
+            return
         headers = [(k, v) for k, v in scope["headers"] if k not in HOP]
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
@@ -53,17 +58,14 @@ class RefProxy:
     def __init__(self) -> None:
         self.session: aiohttp.ClientSession | None = None
 
+    async def close(self) -> None:
+        if self.session:
+            await self.session.close()
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    if self.session:
-                        await self.session.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send, self.close)
+            return
         if self.session is None:
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=100), auto_decompress=False,

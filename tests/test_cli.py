@@ -20,6 +20,17 @@ def stepgate(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
                           cwd=cwd, env=ENV, timeout=60)
 
 
+def small_config(d: Path, **extra: object) -> Path:
+    """One allow rule and a SQLite store in ``d``."""
+    (d / "p.yaml").write_text(yaml.safe_dump({"rules": [
+        {"name": "a", "match": {"paths": ["/x"]}, "action": "allow"}]}))
+    cfg = d / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"upstream": {"url": "http://127.0.0.1:1"}, "policies": "p.yaml",
+                                   "store": "sqlite:///s.db",
+                                   "identity": {"basic": {"verify": "backend"}}, **extra}))
+    return cfg
+
+
 def test_check_example_config() -> None:
     r = stepgate("check", "--config", "config.example.yaml")
     assert r.returncode == 0, r.stderr
@@ -71,12 +82,7 @@ def test_keys_generate() -> None:
 
 
 def test_users_commands(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"rules": [
-        {"name": "a", "match": {"paths": ["/x"]}, "action": "allow"}]}))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"upstream": {"url": "http://127.0.0.1:1"}, "policies": "p.yaml",
-                                   "store": "sqlite:///s.db",
-                                   "identity": {"basic": {"verify": "backend"}}}))
+    cfg = small_config(tmp_path)
     enrol = stepgate("users", "--config", str(cfg), "enrol-totp", "zoe")
     assert enrol.returncode == 0, enrol.stderr
     uri = next(line for line in enrol.stdout.splitlines() if line.startswith("otpauth://"))
@@ -101,12 +107,7 @@ def test_audit_command_reads_the_store(tmp_path: Path) -> None:
     import asyncio
 
     from gateway.store import open_store
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"rules": [
-        {"name": "a", "match": {"paths": ["/x"]}, "action": "allow"}]}))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"upstream": {"url": "http://127.0.0.1:1"}, "policies": "p.yaml",
-                                   "store": "sqlite:///s.db",
-                                   "identity": {"basic": {"verify": "backend"}}}))
+    cfg = small_config(tmp_path)
 
     async def seed() -> None:
         store = open_store(f"sqlite:///{tmp_path}/s.db")
