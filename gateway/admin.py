@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from .paths import CanonicalPath
-from .problems import Problem, bad_request
+from .problems import Problem, bad_request, not_found
 from .selfservice import public
 from .wire import Receive, Scope, Send, header, send_json
 
@@ -72,7 +72,7 @@ class Admin:
     def authorize(self, scope: Scope) -> None:
         key = self.gw.admin_key
         if key is None:
-            raise Problem(404, "not-found", "Not found")  # the admin API is off
+            raise not_found()  # the admin API is off
         value = header(scope["headers"], b"authorization") or b""
         scheme, _, given = value.partition(b" ")
         # compare_digest on equal-length digests: no early exit, no length oracle

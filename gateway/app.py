@@ -27,6 +27,7 @@ from .proxy import AiohttpForwarder, Forwarder, HeaderPolicy, StrHeaders, Upstre
 from .store import Store, StoreUnavailable, open_store
 from .tokens import Bound, Signer, Token, token_fits
 from .wire import (
+    STARTED,
     ClientGone,
     Receive,
     Scope,
@@ -41,7 +42,6 @@ from .wire import (
 log = logging.getLogger("stepgate")
 
 MANAGE_RULE = "stepgate:manage"
-STARTED = "stepgate.started"
 
 
 def store_down() -> Problem:
@@ -139,8 +139,6 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            # STARTED is set in the scope by whoever sends a response start, so an error
-            # after it is logged instead of answered twice.
             try:
                 await self.handle(scope, receive, send)
             except Problem as problem:

@@ -11,21 +11,16 @@ from .admin import Admin
 from .factors.delivered import DeliveredFactor
 from .paths import CanonicalPath
 from .policies import Rule
-from .problems import Headers, Problem, bad_request
+from .problems import Headers, Problem, bad_request, not_found
 from .selfservice import RESERVATION, SelfService
 from .store import ChallengeRecord, FactorRecord
 from .tokens import Ticket
-from .wire import Receive, Scope, Send, field, read_json, send_json
+from .wire import JSON_LIMIT, STARTED, Receive, Scope, Send, field, read_json, send_json
 
 if TYPE_CHECKING:
     from .app import Gateway
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
-JSON_LIMIT = 16 * 1024
-
-
-def not_found() -> Problem:
-    return Problem(404, "not-found", "Not found")
 
 
 def unauthenticated(gw: Gateway) -> Problem:
@@ -42,24 +37,19 @@ def invalid_ticket() -> Problem:
                        "request for a fresh one", "invalid-ticket")
 
 
-def locked(retry_after: float | None) -> Problem:
-    headers: Headers = []
-    extra: dict[str, Any] = {}
-    if retry_after is not None:
-        seconds = max(1, int(retry_after + 0.999))
-        headers.append((b"retry-after", str(seconds).encode()))
-        extra["retry_after"] = seconds
-    return Problem(429, "locked", "Too many failed attempts",
-                   detail="second-factor attempts for this account are paused"
-                   if retry_after is not None else
-                   "second-factor attempts for this account are locked until an administrator "
-                   "unlocks it", headers=headers, **extra)
-
-
 def too_many(name: str, title: str, retry_after: float, detail: str) -> Problem:
     seconds = max(1, int(retry_after + 0.999))
     return Problem(429, name, title, detail=detail, retry_after=seconds,
                    headers=[(b"retry-after", str(seconds).encode())])
+
+
+def locked(retry_after: float | None) -> Problem:
+    if retry_after is not None:
+        return too_many("locked", "Too many failed attempts", retry_after,
+                        "second-factor attempts for this account are paused")
+    return Problem(429, "locked", "Too many failed attempts",
+                   detail="second-factor attempts for this account are locked until an "
+                   "administrator unlocks it")
 
 
 class Endpoints:
@@ -96,7 +86,7 @@ class Endpoints:
                               headers=[(b"allow", allow)])
             async def tracking_send(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
-                    scope["stepgate.started"] = True
+                    scope[STARTED] = True
                 await send(message)
 
             try:

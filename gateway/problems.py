@@ -53,5 +53,9 @@ class Problem(Exception):
         return self.status, headers, payload
 
 
+def not_found() -> Problem:
+    return Problem(404, "not-found", "Not found")
+
+
 def bad_request(detail: str, name: str = "bad-request") -> Problem:
     return Problem(400, name, "Bad request", detail=detail)

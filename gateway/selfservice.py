@@ -14,17 +14,16 @@ from .factors.delivered import DeliveredFactor, mask, seal_address, valid_addres
 from .factors.recovery import code_hash, normalise
 from .factors.totp import matching_step, new_secret, otpauth_uri, qr_svg, seal
 from .paths import CanonicalPath
-from .problems import Problem, bad_request
+from .problems import Problem, bad_request, not_found
 from .store import ChallengeRecord, FactorRecord
 from .tokens import Bound, token_fits
-from .wire import Receive, Scope, Send, field, header, read_body, read_json, send_json
+from .wire import JSON_LIMIT, Receive, Scope, Send, field, header, read_body, read_json, send_json
 
 if TYPE_CHECKING:
     from .endpoints import Endpoints
 
 log = logging.getLogger("stepgate")
 LABEL_MAX = 64
-JSON_LIMIT = 16 * 1024
 RESERVATION = "stepgate.reservation"
 
 
@@ -217,7 +216,7 @@ class SelfService:
         records = await gw.store.factors(user)
         record = next((r for r in records if r.id == fid), None)
         if record is None:
-            raise Problem(404, "not-found", "Not found")
+            raise not_found()
         if record.status != "pending":
             raise Problem(409, "already-active", "Factor already active")
         now = gw.clock()
@@ -254,13 +253,13 @@ class SelfService:
         extra: tuple[str, ...] = ()
         if fid == "recovery":
             if await gw.store.recovery_codes_left(user) == 0:
-                raise Problem(404, "not-found", "Not found")
+                raise not_found()
             await gw.store.replace_recovery_codes(user, [], gw.clock())
             what = "your recovery codes were removed"
         else:
             record = next((r for r in records if r.id == fid), None)
             if record is None or not await gw.store.delete_factor(user, fid):
-                raise Problem(404, "not-found", "Not found")
+                raise not_found()
             if record.type == gw.settings.notify_channel and record.status == "active":
                 # the removed address hears of its own removal too
                 extra = (gw.channel_factor(record.type).address_of(record),)

@@ -14,6 +14,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+JSON_LIMIT = 16 * 1024  # bodies of the gateway's own endpoints
+# Set in the scope by whoever sends a response start, so a later error is logged rather
+# than answered a second time.
+STARTED = "stepgate.started"
+
+
 class ClientGone(Exception):
     """The client disconnected while we were reading its body."""
 
@@ -109,7 +115,7 @@ async def send_problem(send: Send, problem: Problem) -> None:
 
 
 async def read_json(receive: Receive, headers: Sequence[tuple[bytes, bytes]], *,
-                    limit: int = 16 * 1024, optional: bool = False) -> dict[str, Any]:
+                    limit: int = JSON_LIMIT, optional: bool = False) -> dict[str, Any]:
     """A JSON object body, or a problem+json 4xx that says what was wrong."""
     body = await read_body(receive, headers, limit)
     if not body.strip():
