@@ -12,7 +12,7 @@ import hashlib
 import httpx
 import pytest
 
-from .conftest import GatewayProcess, Upstream
+from .conftest import GatewayProcess, Upstream, free_port
 from .rawhttp import get, request
 
 pytestmark = pytest.mark.e2e
@@ -175,15 +175,10 @@ def test_upstream_errors_are_problems(make_gateway, gateway: GatewayProcess) -> 
     assert r.status_code == 504
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["type"] == "urn:stepgate:problem:upstream-timeout"
-    dead = make_gateway(upstream_url=f"http://127.0.0.1:{_closed_port()}")
+    dead = make_gateway(upstream_url=f"http://127.0.0.1:{free_port()}")  # nobody listens
     r = httpx.get(f"{dead.url}/public/x", timeout=10)
     assert r.status_code == 502
     assert r.json()["type"] == "urn:stepgate:problem:upstream-unavailable"
-
-
-def _closed_port() -> int:
-    from .conftest import free_port
-    return free_port()
 
 
 def test_conflicting_framing_is_rejected(gateway: GatewayProcess, upstream: Upstream) -> None:
