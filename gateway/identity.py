@@ -6,9 +6,11 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -18,9 +20,35 @@ import bcrypt
 from .config import BasicIdentity, HeaderIdentity
 from .proxy import Forwarder, HeaderPolicy
 
+log = logging.getLogger("stepgate")
+
 _USER = re.compile(r"^[^\x00-\x1f\x7f:]{1,128}\Z")
-# Verified against when the user is unknown, so both paths cost one bcrypt check.
-_DUMMY_HASH = bcrypt.hashpw(b"stepgate-dummy", bcrypt.gensalt(rounds=10))
+# A complete modular-crypt bcrypt hash: variant, two-digit cost, 22-char salt + 31-char digest.
+# Anything else (a truncated hash, cost outside 4..31) makes bcrypt.checkpw raise
+# ValueError instantly, which would tell that user apart from an unknown one.
+_BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}\Z")
+# Cost of the dummy hash when the file holds no usable hash to copy it from.
+DEFAULT_DUMMY_COST = 12
+BCRYPT_MAX_BYTES = 72
+
+
+def bcrypt_cost(hashed: bytes) -> int | None:
+    """The cost factor of a well-formed bcrypt hash, or None if bcrypt would reject it."""
+    m = _BCRYPT.match(hashed.decode("ascii", "replace"))
+    if m is None:
+        return None
+    cost = int(m.group(1))
+    return cost if 4 <= cost <= 31 else None
+
+
+def dummy_cost(hashes: Sequence[bytes]) -> int:
+    """The cost a dummy hash needs so an unknown user costs as much as a typical real one:
+    the most common cost among ``hashes`` (a tie goes to the higher cost, so the dummy errs
+    towards being slow rather than cheap), or DEFAULT_DUMMY_COST when there are none."""
+    counts = Counter(c for c in map(bcrypt_cost, hashes) if c is not None)
+    if not counts:
+        return DEFAULT_DUMMY_COST
+    return max(counts, key=lambda c: (counts[c], c))
 
 
 class IdentitySource(Protocol):
@@ -113,6 +141,20 @@ class HtpasswdIdentity(_CachedBasic):
         self.path: Path = settings.htpasswd
         self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'.encode()
         self.users = self._load(self.path)
+        # Checked instead when the user is unknown (or their line is unusable), so that path
+        # costs one bcrypt check at the same cost as a real user's and the response time does
+        # not reveal which names exist (CWE-208; CVE-2016-6210 was this leak in OpenSSH, whose
+        # dummy hash was cheaper than the real ones). A fixed cost would not do: a cost-10
+        # dummy against cost-12 entries answers about four times faster. Made once here, as
+        # hashing at cost 12 takes ~0.3 s.
+        self.dummy_cost = dummy_cost(list(self.users.values()))
+        self._dummy = bcrypt.hashpw(b"stepgate-dummy", bcrypt.gensalt(rounds=self.dummy_cost))
+        odd = sum(bcrypt_cost(h) != self.dummy_cost for h in self.users.values())
+        if odd:
+            # Their check takes a different time from an unknown user's, which shows they exist.
+            log.warning("htpasswd %s: %d user(s) hashed at a bcrypt cost other than %d; "
+                        "rehash them at that cost so their existence does not show in "
+                        "response times", self.path, odd, self.dummy_cost)
         self.cache = _Cache(60.0, clock)
 
     @staticmethod
@@ -123,13 +165,19 @@ class HtpasswdIdentity(_CachedBasic):
             if not line or line.startswith("#"):
                 continue
             name, _, hashed = line.partition(":")
-            if hashed.startswith(("$2y$", "$2b$", "$2a$")):
-                users[name] = hashed.replace("$2y$", "$2b$", 1).encode()
+            encoded = hashed.replace("$2y$", "$2b$", 1).encode()
+            # Lines in other formats ({SHA}, $apr1$, crypt) or with a malformed bcrypt hash are
+            # left out, so such a user takes exactly the unknown-user path in verify().
+            if bcrypt_cost(encoded) is not None:
+                users[name] = encoded
         return users
 
     async def verify(self, raw: bytes, user: str, password: str) -> tuple[bool, float | None]:
         hashed = self.users.get(user)
-        ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed or _DUMMY_HASH)
+        # bcrypt reads only the first 72 bytes (htpasswd hashed longer passwords so);
+        # bcrypt >= 5 raises on longer input, which would answer 500 instead of 401.
+        secret = password.encode()[:BCRYPT_MAX_BYTES]
+        ok = await asyncio.to_thread(bcrypt.checkpw, secret, hashed or self._dummy)
         return ok and hashed is not None, None
 
 

@@ -56,6 +56,17 @@ async def test_htpasswd(tmp_path: Any) -> None:
     assert ident.challenge == b'Basic realm="r", charset="UTF-8"'
 
 
+async def test_htpasswd_passwords_past_72_bytes(tmp_path: Any) -> None:
+    # bcrypt reads 72 bytes; bcrypt 5 raises on more, which must be a 401, never a 500.
+    long = "p" * 72
+    path = tmp_path / "users"
+    path.write_text(f"alice:{bcrypt.hashpw(long.encode(), bcrypt.gensalt(rounds=4)).decode()}\n")
+    ident = HtpasswdIdentity(BasicIdentity(realm="r", htpasswd=path))
+    assert await ident.identify(auth("alice", long + "extra"), None) == "alice"
+    assert await ident.identify(auth("alice", "q" * 200), None) is None
+    assert await ident.identify(auth("nobody", "q" * 200), None) is None
+
+
 async def test_upstream_probe_is_asked_once_per_credentials() -> None:
     calls: list[str] = []
 
