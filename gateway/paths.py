@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -104,4 +105,22 @@ def _canonicalize(raw: bytes, normalize: bool) -> CanonicalPath:
         decoded = unquote(text, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise _bad("the path does not decode as UTF-8") from None
+    if not decoded.isascii():
+        _check_compatibility_forms(decoded)
     return CanonicalPath(raw=text, decoded=decoded)
+
+
+def _check_compatibility_forms(decoded: str) -> None:
+    """Reject characters that Unicode compatibility normalisation (NFKC, applied by some
+    upstream frameworks and file systems) turns into ASCII: '%ef%bc%8e' is U+FF0E
+    FULLWIDTH FULL STOP, which NFKC folds to '.', so '/%ef%bc%8e%ef%bc%8e/' would become
+    '/../' behind the gateway's back, and a fullwidth 'ａdmin' would become 'admin' where
+    the gateway matched something else (the CVE-2019-9636 family). Canonical
+    compositions (an NFD 'é') fold to non-ASCII and stay allowed."""
+    for segment in decoded.split("/"):
+        if segment.isascii():
+            continue
+        folded = unicodedata.normalize("NFKC", segment)
+        if sum(c.isascii() for c in folded) > sum(c.isascii() for c in segment):
+            raise _bad("the path holds a character that Unicode normalisation (NFKC) turns "
+                       "into ASCII, such as a fullwidth '.' or '/'")

@@ -46,6 +46,20 @@ STRICT = [
     ("*", None),
     ("/%C3%28", None),  # invalid UTF-8
     ("/é".encode().decode("latin-1"), None),  # raw non-ASCII byte
+    # characters NFKC folds into path syntax (upstreams that normalise Unicode)
+    ("/a/%ef%bc%8e%ef%bc%8e/b", None),  # U+FF0E FULLWIDTH FULL STOP: '..'
+    ("/a/%EF%BC%8E/b", None),  # '.'
+    ("/a/.%ef%bc%8e/b", None),  # mixed
+    ("/a/%ef%bc%8f/b", None),  # U+FF0F FULLWIDTH SOLIDUS: '/'
+    ("/a/%ef%bc%bcb", None),  # U+FF3C FULLWIDTH REVERSE SOLIDUS: '\\'
+    ("/a/%e2%80%a5/b", None),  # U+2025 TWO DOT LEADER: '..'
+    ("/a/%ef%b9%92/b", None),  # U+FE52 SMALL FULL STOP: '.'
+    ("/a/%ef%bc%9bb", None),  # U+FF1B FULLWIDTH SEMICOLON: ';'
+    ("/a/%ef%bc%85", None),  # U+FF05 FULLWIDTH PERCENT SIGN: '%'
+    ("/%EF%BD%81dmin", None),  # fullwidth 'a': 'admin' to an upstream that folds
+    ("/a/%ef%ac%81le", None),  # U+FB01 LATIN SMALL LIGATURE FI: 'file'
+    ("/cafe%CC%81", "/cafe\u0301"),  # NFD 'é' folds to a non-ASCII 'é': kept
+    ("/%E2%82%AC", "/\u20ac"),  # '€' is stable under NFKC: kept
 ]
 
 
