@@ -98,14 +98,16 @@ class Admin:
     async def reset(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
                     user: str) -> None:
         self.authorize(scope)
-        removed = await self.gw.store.delete_user(user)
+        removed = await self.gw.store.delete_user(user)  # revokes the user's tokens too
+        self.gw.forget_generation(user)
         await self.gw.audit.emit("admin_reset", user=user, removed=removed)
         await send_json(send, 200, {"user": user, "removed": removed})
 
     async def unlock(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
                      user: str) -> None:
         self.authorize(scope)
-        await self.gw.store.reset_failures(user)
+        await self.gw.store.unlock(user)  # revokes the user's tokens too
+        self.gw.forget_generation(user)
         await self.gw.audit.emit("admin_unlocked", user=user)
         await send_json(send, 200, {"user": user, "locked": False})
 

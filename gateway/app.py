@@ -26,14 +26,16 @@ from .problems import Headers, Problem
 from .proxy import AiohttpForwarder, Forwarder, HeaderPolicy, StrHeaders, UpstreamError
 from .store import Store, StoreUnavailable, open_store
 from .tokens import Bound, Signer, Token, token_fits
+from .uses import Outcome, TokenUses
 from .wire import (
     STARTED,
     ClientGone,
     Receive,
     Scope,
     Send,
-    check_framing,
+    check_request,
     header,
+    method_override,
     read_body,
     send_problem,
     stream_body,
@@ -42,6 +44,7 @@ from .wire import (
 log = logging.getLogger("stepgate")
 
 MANAGE_RULE = "stepgate:manage"
+GENERATION_TTL = 1.0
 
 
 def store_down() -> Problem:
@@ -66,11 +69,12 @@ class Gateway:
         self.clock = clock
         self.keys = keys or KeyRing.from_settings(settings.keys)
         self.signer = Signer(self.keys.signing)
-        self.store = store or open_store(settings.store_url)
+        self.store = store or open_store(settings.store_url, settings.store_timeout)
+        self.uses = TokenUses(self.store, clock)
         up = settings.upstream
         self.forwarder: Forwarder = forwarder or AiohttpForwarder(
             up.url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
-            pool_size=up.pool_size)
+            pool_size=up.pool_size, pool_timeout=up.pool_timeout)
         ev = settings.evidence
         own = [settings.token_header, ev.user, ev.rule, ev.factor, ev.verified_at]
         if settings.header_identity is not None:
@@ -106,6 +110,9 @@ class Gateway:
         self.endpoints = Endpoints(self)
         self._started = False
         self._token_cache: dict[bytes, Token] = {}
+        # user -> (token generation, when it was read): revocations made by another process
+        # sharing the store take effect within GENERATION_TTL, those made here at once.
+        self._generations: dict[str, tuple[int, float]] = {}
         self._session_fits: dict[tuple[bytes, str, str], tuple[Token, StrHeaders]] = {}
         # Allow decisions that depend only on (method, raw path, Host) are remembered; that
         # holds up to the first rule with query, header or JSON conditions.
@@ -121,6 +128,7 @@ class Gateway:
     async def startup(self) -> None:
         if not self._started:
             await self.store.open()
+            self.signer.instance = self.store.instance_id
             self._started = True
             # Everything loaded so far lives as long as the process: keep the collector
             # from rescanning it on every full collection (measurable on the hot path).
@@ -175,7 +183,8 @@ class Gateway:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         headers = scope["headers"]
-        has_body, raw_host = check_framing(headers)
+        has_body, raw_host = check_request(headers, self.token_header,
+                                           scope.get("http_version") != "1.0")
         method = scope["method"]
         body: bytes | None = None
         key = (method, raw_path, raw_host)
@@ -236,12 +245,17 @@ class Gateway:
         req = rule.require
         assert req is not None
         headers = scope["headers"]
+        if method_override(headers):
+            raise Problem(400, "method-override", "Bad request",
+                          detail="method-override headers are refused on protected routes: "
+                          "the upstream must act on the method the gateway decided on")
         user = await self.identify(scope)
         if req.binding == "request" and body is None:
             body = await self._buffer(receive, headers) if has_body else b""
         method = scope["method"]
         query = scope.get("query_string", b"")
-        bound = Bound.of(method, cp.raw, query, body) if req.binding == "request" else None
+        bound = Bound.of(method, cp.raw, query, body, headers) \
+            if req.binding == "request" else None
         if user is None:
             await self.audit.emit("challenged", rule=rule.name, reason="no identity",
                                   method=method, path=cp.raw)
@@ -252,8 +266,10 @@ class Gateway:
         if value is not None and req.binding == "session":
             fit = self._session_fits.get((value, rule.name, user))
             if fit is not None and fit[0].expires >= now and (
-                    req.max_age is None or now - fit[0].verified_at <= req.max_age):
-                # This token already fitted this rule for this user; only time can change that.
+                    req.max_age is None or now - fit[0].verified_at <= req.max_age) and \
+                    fit[0].generation == await self.generation(user):
+                # This token already fitted this rule for this user; only time and a
+                # revocation can change that.
                 self.audit.forwarded("token_used", rule.name, method, cp.raw, user, "session")
                 await self.forward(scope, receive, send, cp, body, has_body, fit[1])
                 return
@@ -261,6 +277,9 @@ class Gateway:
             token = self.read_token(value, now)
             reason = "token is invalid or expired" if token is None else token_fits(
                 token, rule, user, bound, now)
+            if reason is None and token is not None and \
+                    token.generation != await self.generation(user):
+                reason = "token was revoked"
             if reason is not None:
                 await self.audit.emit("token_rejected", user=user, rule=rule.name, reason=reason,
                                       method=method, path=cp.raw)
@@ -288,9 +307,7 @@ class Gateway:
             self.audit.forwarded("token_used", rule.name, method, cp.raw, user, token.binding)
             await self.forward(scope, receive, send, cp, body, has_body, extra)
             return
-        result = await self.store.reserve_use(
-            token.jti, token.uses, token.expires, now,
-            hold=self.settings.upstream.read_timeout + self.settings.upstream.connect_timeout + 5)
+        result = await self.uses.reserve(token)
         if result == "busy":
             raise Problem(409, "token-in-use", "Token in use",
                           detail="another request is using this token right now; retry when "
@@ -301,6 +318,23 @@ class Gateway:
             raise self.challenge(rule, user, bound, detail="token already used")
         self.audit.forwarded("token_used", rule.name, method, cp.raw, user, token.binding)
         await self.forward(scope, receive, send, cp, body, has_body, extra, reservation=token.jti)
+
+    async def generation(self, user: str) -> int:
+        """The user's current token generation, read from the store at most once per
+        GENERATION_TTL (StoreUnavailable when it cannot be read: no token is accepted)."""
+        hit = self._generations.get(user)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < GENERATION_TTL:
+            return hit[0]
+        value = await self.store.generation(user)
+        if len(self._generations) >= 4096:
+            self._generations.clear()
+        self._generations[user] = (value, now)
+        return value
+
+    def forget_generation(self, user: str) -> None:
+        """After a revocation made here: the next use reads the new generation."""
+        self._generations.pop(user, None)
 
     def channel_factor(self, name: str) -> DeliveredFactor:
         return self._channels[name]
@@ -390,10 +424,15 @@ class Gateway:
         target = cp.raw + "?" + query.decode("latin-1") if query else cp.raw
         payload: Any = body if body is not None else (stream_body(receive) if has_body else None)
         settled = reservation is None
+        # Until proven otherwise the request may have reached the upstream (uses.py).
+        outcome: Outcome = "unknown"
         try:
             try:
-                resp = await self.forwarder.send(scope["method"], target, out, payload)
-            except UpstreamError:
+                resp = await self.forwarder.send(scope["method"], target, out, payload,
+                                                 at_most_once=reservation is not None)
+            except UpstreamError as exc:
+                if exc.not_sent:
+                    outcome = "not_sent"
                 raise
             except ClientGone:
                 raise
@@ -403,11 +442,9 @@ class Gateway:
                               detail="the gateway could not reach the upstream service") from None
             try:
                 if reservation is not None:
-                    if resp.status < self.settings.upstream.success_below:
-                        await self.store.commit_use(reservation)
-                    else:
-                        await self.store.release_use(reservation)
                     settled = True
+                    await self.uses.settle(reservation, "success" if resp.status <
+                                           self.settings.upstream.success_below else "refused")
                 headers = self.headers.response(resp.headers)
                 try:
                     small = await resp.small_body()
@@ -432,10 +469,7 @@ class Gateway:
                 await resp.aclose()
         finally:
             if not settled and reservation is not None:
-                try:
-                    await self.store.release_use(reservation)
-                except StoreUnavailable:
-                    log.error("could not release a token reservation")
+                await self.uses.settle(reservation, outcome)
 
 
 def create_app(settings: Settings, *, store: Store | None = None,

@@ -91,7 +91,7 @@ def _uvicorn_kwargs(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from .server import GatewayHttpProtocol
     return dict(host=host, port=port, loop="uvloop", http=GatewayHttpProtocol, lifespan="on",
                 access_log=bool(getattr(args, "access_log", False)), server_header=False,
-                date_header=False, log_level="info", proxy_headers=False)
+                date_header=False, log_level="info", proxy_headers=False, ws="none")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -108,11 +108,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (KeyError_, AdminKeyError) as exc:
         print(f"stepgate: {exc}", file=sys.stderr)
         return 2
+    problem = asyncio.run(_open_store(s))  # a lost store refuses here, before serving
+    if problem is not None:
+        print(f"stepgate: {problem}", file=sys.stderr)
+        return 1
     if workers > 1:
         os.environ["STEPGATE_CONFIG"] = str(s.source)
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **kw)
         return 0
     uvicorn.run(app, **kw)
+    return 0
+
+
+async def _open_store(s: Settings, create: bool = False) -> str | None:
+    from .store import StoreMissing, StoreUnavailable, open_store
+    store = open_store(s.store_url, s.store_timeout)
+    try:
+        await store.open(create=create)
+    except (StoreMissing, StoreUnavailable) as exc:
+        return str(exc)
+    finally:
+        await store.close()
+    return None
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    s = _settings(args.config)
+    path = s.store_url.removeprefix("sqlite:///")
+    if Path(path).exists():
+        print(f"stepgate: the store {path} already exists; move it away first to start with "
+              "an empty store", file=sys.stderr)
+        return 1
+    problem = asyncio.run(_open_store(s, create=True))
+    if problem is not None:
+        print(f"stepgate: {problem}", file=sys.stderr)
+        return 1
+    print(f"created an empty store at {path}; tokens issued against any earlier store are "
+          "refused")
     return 0
 
 
@@ -168,7 +200,7 @@ async def _users(args: argparse.Namespace) -> int:
     from .keys import KeyRing
     from .store import FactorRecord, open_store
     s = _settings(args.config)
-    store = open_store(s.store_url)
+    store = open_store(s.store_url, s.store_timeout)
     await store.open()
     try:
         user = args.user
@@ -185,7 +217,7 @@ async def _users(args: argparse.Namespace) -> int:
             n = await store.delete_user(user)
             print(f"reset {user}: removed {n} factor(s) and recovery code(s)")
         elif args.action == "unlock":
-            await store.reset_failures(user)
+            await store.unlock(user)
             print(f"unlocked {user}")
         elif args.action == "enrol-totp":
             keys = KeyRing.from_settings(s.keys)
@@ -203,8 +235,17 @@ async def _users(args: argparse.Namespace) -> int:
         await store.close()
 
 
+def _with_store(run: Any) -> int:
+    from .store import StoreMissing, StoreUnavailable
+    try:
+        return int(asyncio.run(run))
+    except (StoreMissing, StoreUnavailable) as exc:
+        print(f"stepgate: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_users(args: argparse.Namespace) -> int:
-    return asyncio.run(_users(args))
+    return _with_store(_users(args))
 
 
 async def _audit(args: argparse.Namespace) -> int:
@@ -218,7 +259,7 @@ async def _audit(args: argparse.Namespace) -> int:
     except Problem as p:
         print(f"stepgate: {p.detail}", file=sys.stderr)
         return 2
-    store = open_store(s.store_url)
+    store = open_store(s.store_url, s.store_timeout)
     await store.open()
     try:
         for event in await store.audit(args.user, since, until, args.limit):
@@ -229,7 +270,7 @@ async def _audit(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    return asyncio.run(_audit(args))
+    return _with_store(_audit(args))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -282,6 +323,12 @@ def parser() -> argparse.ArgumentParser:
     users.add_argument("user")
     users.add_argument("--label", default="authenticator")
     users.set_defaults(func=cmd_users)
+    store = sub.add_parser("store", help="manage the state store")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    init = store_sub.add_parser("init", help="create an empty store where the configured one "
+                                "is missing (every enrolment is lost)")
+    with_config(init)
+    init.set_defaults(func=cmd_store)
     audit = sub.add_parser("audit", help="read the audit events kept in the store")
     with_config(audit)
     audit.add_argument("--user")

@@ -27,6 +27,16 @@ class UpstreamSettings:
     read_timeout: float = 30.0
     success_below: int = 400
     pool_size: int = 100
+    pool_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Bounds on what one client connection may hold: slowloris-style clients are cut off."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    connections_per_client: int = 256
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,7 @@ class Settings:
     token_header: str = "X-Stepgate-Token"
     default_action: Literal["allow", "deny"] = "deny"
     store_url: str = "sqlite:///stepgate.db"
+    store_timeout: float = 2.0
     keys: KeySettings = field(default_factory=KeySettings)
     basic: BasicIdentity | None = None
     header_identity: HeaderIdentity | None = None
@@ -135,6 +146,7 @@ class Settings:
     max_body: int = 1024 * 1024
     evidence: EvidenceHeaders = field(default_factory=EvidenceHeaders)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    limits: ClientLimits = field(default_factory=ClientLimits)
     manage: ManageSettings = field(default_factory=ManageSettings)
     channels: tuple[ChannelSettings, ...] = ()
     notify_channel: str | None = None
@@ -268,6 +280,7 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
             read_timeout=up.duration("read_timeout", 30.0),
             success_below=up.integer("success_below", 400, minimum=200, maximum=600),
             pool_size=up.integer("pool_size", 100, minimum=1, maximum=10000),
+            pool_timeout=up.duration("pool_timeout", 5.0, maximum=300),
         )
         up.finish()
 
@@ -284,6 +297,7 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
                      expected="a store URL like 'sqlite:///stepgate.db'")
     if store.startswith("sqlite:///"):
         kw["store_url"] = "sqlite:///" + str(_resolve(base, store[len("sqlite:///"):]))
+    kw["store_timeout"] = r.duration("store_timeout", 2.0, maximum=60)
 
     keys = r.section("keys")
     if keys is not None:
@@ -415,6 +429,16 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
             resend_after=th.duration("resend_after", d2.resend_after),
         )
         th.finish()
+
+    lim = r.section("limits")
+    if lim is not None:
+        d3 = ClientLimits()
+        kw["limits"] = ClientLimits(
+            header_timeout=lim.duration("header_timeout", d3.header_timeout, maximum=600),
+            body_timeout=lim.duration("body_timeout", d3.body_timeout, maximum=3600),
+            connections_per_client=lim.integer("connections_per_client",
+                                               d3.connections_per_client, 0, 1_000_000))
+        lim.finish()
 
     mg = r.section("manage")
     if mg is not None:

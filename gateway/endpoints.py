@@ -15,7 +15,7 @@ from .problems import Headers, Problem, bad_request, not_found
 from .selfservice import RESERVATION, SelfService
 from .store import ChallengeRecord, FactorRecord
 from .tokens import Ticket
-from .wire import JSON_LIMIT, STARTED, Receive, Scope, Send, field, read_json, send_json
+from .wire import JSON_LIMIT, STARTED, Receive, Scope, Send, field, header, read_json, send_json
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -30,6 +30,19 @@ def unauthenticated(gw: Gateway) -> Problem:
     return Problem(401, "unauthenticated", "Authentication required",
                    detail="send the same credentials as for the protected request",
                    headers=headers)
+
+
+def require_json(headers: Any) -> None:
+    """Every POST under the prefix acts on credentials, so it must declare a JSON body,
+    even an empty one: an HTML form can only send simple content types, and anything
+    else needs a CORS preflight the gateway never grants — with this, a cross-site form
+    riding on cached Basic credentials cannot change anything (CSRF)."""
+    ctype = (header(headers, b"content-type") or b"").split(b";")[0].strip().lower()
+    if ctype != b"application/json" and not (ctype.startswith(b"application/") and
+                                              ctype.endswith(b"+json")):
+        raise Problem(415, "unsupported-media-type", "Unsupported media type",
+                      detail="expected Content-Type application/json (an empty body is "
+                      "allowed where the body is optional)")
 
 
 def invalid_ticket() -> Problem:
@@ -89,12 +102,14 @@ class Endpoints:
                     scope[STARTED] = True
                 await send(message)
 
+            if scope["method"] == "POST":
+                require_json(scope["headers"])
             try:
                 await handler(scope, receive, tracking_send, cp, *m.groups())
             finally:
                 jti = scope.pop(RESERVATION, None)
                 if jti is not None:  # the change failed: the token may be used again
-                    await self.gw.store.release_use(jti)
+                    await self.gw.uses.settle(jti, "refused")
             return
         raise not_found()
 
@@ -127,6 +142,7 @@ class Endpoints:
                                                   t.hard_lock_after)
         await self.gw.audit.emit("failed", user=user, failures=lock.failures, **audit)
         if lock.hard or lock.locked_until > now:
+            self.gw.forget_generation(user)  # the lockout revoked the user's tokens
             await self.gw.audit.emit("locked", user=user, hard=lock.hard,
                                      until=None if lock.hard else round(lock.locked_until))
             raise locked(None if lock.hard else lock.locked_until - now)
@@ -318,7 +334,8 @@ class Endpoints:
         minted = gw.signer.token(ticket=Ticket(ticket.nonce, user, ticket.rule, ticket.binding,
                                                ticket.expires, ticket.bound),
                                  scope=req.scope, factors=factors, verified_at=now, now=now,
-                                 ttl=req.ttl, uses=req.uses)
+                                 ttl=req.ttl, uses=req.uses,
+                                 generation=await gw.store.generation(user))
         await gw.audit.emit("token_issued", user=user, rule=rule.name, binding=req.binding,
                             factors=list(factors))
         await send_json(send, 200, {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Protocol
@@ -13,8 +14,16 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
     b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
+# Forwarding fields: believed, in their '-' spelling only, from trusted_proxies; dropped
+# from everyone else. Any X-Forwarded-* name counts (-Port, -Prefix, -Uri, ...).
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                         b"forwarded", b"x-real-ip"})
+FORWARDED_PREFIX = b"x-forwarded-"
+# Fields that make some frameworks and proxies act on another path or method than the
+# one the gateway evaluated (IIS/Symfony X-Original-URL and X-Rewrite-URL, nginx-style
+# X-Original-URI, X-HTTP-Method-Override and kin): dropped from every peer.
+REWRITE = frozenset({b"x-original-url", b"x-rewrite-url", b"x-original-uri",
+                     b"x-http-method-override", b"x-http-method", b"x-method-override"})
 VIA = "1.1 stepgate"
 # Dropped from every client request: hop-by-hop fields, Host (the client stack sets the
 # upstream's) and Expect (the gateway already answered any 100-continue).
@@ -24,17 +33,33 @@ _CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b""})
 
 
 class UpstreamError(Problem):
-    pass
+    """An upstream failure, answered as problem+json. ``not_sent`` is True only when the
+    request definitely never reached the upstream (no connection could be opened, or no
+    pool slot was free), which is the one failure that gives a token use back."""
+
+    not_sent = False
 
 
-def upstream_unreachable() -> UpstreamError:
-    return UpstreamError(502, "upstream-unavailable", "Upstream unavailable",
-                         detail="the gateway could not reach the upstream service")
+def upstream_unreachable(*, not_sent: bool = False) -> UpstreamError:
+    err = UpstreamError(502, "upstream-unavailable", "Upstream unavailable",
+                        detail="the gateway could not reach the upstream service")
+    err.not_sent = not_sent
+    return err
 
 
-def upstream_timeout() -> UpstreamError:
-    return UpstreamError(504, "upstream-timeout", "Upstream timeout",
-                         detail="the upstream service did not answer in time")
+def upstream_timeout(*, not_sent: bool = False) -> UpstreamError:
+    err = UpstreamError(504, "upstream-timeout", "Upstream timeout",
+                        detail="the upstream service did not answer in time")
+    err.not_sent = not_sent
+    return err
+
+
+def upstream_busy() -> UpstreamError:
+    err = UpstreamError(503, "upstream-busy", "Upstream busy",
+                        detail="every connection to the upstream is in use; retry shortly",
+                        headers=[(b"retry-after", b"1")])
+    err.not_sent = True
+    return err
 
 
 def own_header_names(names: Iterable[str]) -> frozenset[bytes]:
@@ -99,9 +124,16 @@ class HeaderPolicy:
                 elif k == b"host":
                     host = v
                 continue
-            if k in own or (b"_" in k and k.replace(b"_", b"-") in own_norm):
+            if b"_" in k:
+                # '_' spellings of our own, forwarding and rewrite fields reach a WSGI
+                # upstream as the same variable (HTTP_X_FORWARDED_FOR): dropped from all.
+                n = k.replace(b"_", b"-")
+                if n in own_norm or n in FORWARDING or n in REWRITE or \
+                        n.startswith(FORWARDED_PREFIX):
+                    continue
+            elif k in own or k in REWRITE:
                 continue
-            if k in FORWARDING:
+            if k in FORWARDING or k.startswith(FORWARDED_PREFIX):
                 if trusted:
                     if k == b"x-forwarded-for":
                         xff = v if xff is None else xff + b", " + v
@@ -173,7 +205,13 @@ class Forwarder(Protocol):
     """The one seam between the gateway and its HTTP client stack."""
 
     async def send(self, method: str, target: str, headers: StrHeaders,
-                   body: bytes | AsyncIterable[bytes] | None) -> UpstreamResponse: ...
+                   body: bytes | AsyncIterable[bytes] | None, *,
+                   at_most_once: bool = False) -> UpstreamResponse:
+        """``at_most_once``: never resend the request on another connection, not even an
+        idempotent one (RFC 9112 §9.3.1 allows that retry; a counted token must not be
+        delivered twice, and a legacy API's GET may change state)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -181,8 +219,9 @@ class Forwarder(Protocol):
 
 
 class _AiohttpResponse:
-    def __init__(self, resp: Any) -> None:
+    def __init__(self, resp: Any, slot: asyncio.Semaphore) -> None:
         self._resp = resp
+        self._slot: asyncio.Semaphore | None = slot
         self.status = resp.status
         self.headers = resp.raw_headers
 
@@ -206,18 +245,26 @@ class _AiohttpResponse:
 
     async def aclose(self) -> None:
         self._resp.release()
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
 
 class AiohttpForwarder:
     """Measured fastest here (SPEC §13); no cookie jar, no decompression, no redirects."""
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
-                 pool_size: int = 100) -> None:
+                 pool_size: int = 100, pool_timeout: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
+        # One slot per upstream connection, held until the response is closed; waiting for
+        # one is bounded (503), so slow requests cannot make every other request hang.
+        self._slots = asyncio.Semaphore(pool_size)
         self._session: Any = None
+        self._once: Any = None
 
     def _open(self) -> Any:
         import aiohttp
@@ -233,29 +280,57 @@ class AiohttpForwarder:
             cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=(
                 "User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             raise_for_status=False, trust_env=False)
+        # The same pool, without aiohttp's resend of idempotent requests after a dropped
+        # connection (aiohttp has no public switch for it; tests/test_e2e_hardening.py
+        # proves the upstream sees a counted request once).
+        self._once = aiohttp.ClientSession(
+            connector=connector, connector_owner=False, timeout=timeout, auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=(
+                "User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            raise_for_status=False, trust_env=False)
+        self._once._retry_connection = False
         return self._session
 
     async def send(self, method: str, target: str, headers: StrHeaders,
-                   body: bytes | AsyncIterable[bytes] | None) -> UpstreamResponse:
+                   body: bytes | AsyncIterable[bytes] | None, *,
+                   at_most_once: bool = False) -> UpstreamResponse:
         import aiohttp
         session = self._session or self._open()
+        if at_most_once:
+            session = self._once
+        slots = self._slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self.pool_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise upstream_busy() from None
+        else:
+            await slots.acquire()  # free: returns at once, no timer armed
         # encoded=True: forward the path byte for byte, no re-quoting (SPEC §9).
         url = self._URL(self.base_url + target, encoded=True)
         try:
             resp = await session.request(method, url, headers=headers, data=body,
                                          allow_redirects=False, compress=None)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise upstream_timeout() from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise upstream_unreachable() from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise upstream_unreachable() from exc
-        return _AiohttpResponse(resp)
+        except BaseException as exc:
+            slots.release()
+            # Only a connection that could not be opened proves the request was not sent.
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise upstream_timeout(not_sent=True) from exc
+            if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+                raise upstream_timeout() from exc
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise upstream_unreachable(not_sent=True) from exc
+            if isinstance(exc, (aiohttp.ClientError, OSError)):
+                raise upstream_unreachable() from exc
+            raise
+        return _AiohttpResponse(resp, slots)
 
     async def aclose(self) -> None:
         if self._session is not None:
+            await self._once.close()
             await self._session.close()
-            self._session = None
+            self._session = self._once = None
 
 
 # ---------------------------------------------------------------- httpx
@@ -297,8 +372,9 @@ class HttpxForwarder:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout))
 
     async def send(self, method: str, target: str, headers: StrHeaders,
-                   body: bytes | AsyncIterable[bytes] | None) -> UpstreamResponse:
-        import httpx
+                   body: bytes | AsyncIterable[bytes] | None, *,
+                   at_most_once: bool = False) -> UpstreamResponse:
+        import httpx  # its transport never resends a request
         url = httpx.URL(self.base_url + target)
         req = self._client.build_request(method, url, headers=headers, content=body)
         # httpx would add these defaults; the upstream must see what the client sent.
@@ -308,8 +384,14 @@ class HttpxForwarder:
                 del req.headers[name]
         try:
             resp = await self._client.send(req, stream=True)
+        except httpx.PoolTimeout as exc:
+            raise upstream_busy() from exc
+        except httpx.ConnectTimeout as exc:
+            raise upstream_timeout(not_sent=True) from exc
         except httpx.TimeoutException as exc:
             raise upstream_timeout() from exc
+        except httpx.ConnectError as exc:
+            raise upstream_unreachable(not_sent=True) from exc
         except httpx.HTTPError as exc:
             raise upstream_unreachable() from exc
         return _HttpxResponse(resp)

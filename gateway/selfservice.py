@@ -67,19 +67,22 @@ class SelfService:
             return
         rule = gw.manage_rule
         assert rule.require is not None
-        bound = Bound.of(scope["method"], cp.raw, scope.get("query_string", b""), body) \
-            if rule.require.binding == "request" else None
+        bound = Bound.of(scope["method"], cp.raw, scope.get("query_string", b""), body,
+                         scope["headers"]) if rule.require.binding == "request" else None
         value = header(scope["headers"], gw.token_header)
         now = gw.clock()
         token = gw.read_token(value, now) if value else None
         reason = token_fits(token, rule, user, bound, now) if token is not None else None
+        if token is not None and reason is None and \
+                token.generation != await gw.generation(user):
+            reason = "token was revoked"
         if token is None or reason is not None:
             await gw.audit.emit("challenged", user=user, rule=rule.name, method=scope["method"],
                                 path=cp.raw)
             raise gw.challenge(rule, user, bound, detail=reason)
         if token.uses == 0:
             return
-        result = await gw.store.reserve_use(token.jti, token.uses, token.expires, now, hold=30)
+        result = await gw.uses.reserve(token)
         if result == "busy":
             raise Problem(409, "token-in-use", "Token in use")
         if result == "used":
@@ -101,7 +104,12 @@ class SelfService:
     async def commit(self, scope: Scope) -> None:
         jti = scope.pop(RESERVATION, None)
         if jti is not None:
-            await self.gw.store.commit_use(jti)
+            await self.gw.uses.settle(jti, "success")
+
+    async def revoke_tokens(self, user: str) -> None:
+        """Before a factor goes: the user's outstanding tokens stop working (SPEC §7)."""
+        await self.gw.store.bump_generation(user)
+        self.gw.forget_generation(user)
 
     # ------------------------------------------------------------ notifications
 
@@ -254,11 +262,15 @@ class SelfService:
         if fid == "recovery":
             if await gw.store.recovery_codes_left(user) == 0:
                 raise not_found()
+            await self.revoke_tokens(user)
             await gw.store.replace_recovery_codes(user, [], gw.clock())
             what = "your recovery codes were removed"
         else:
             record = next((r for r in records if r.id == fid), None)
-            if record is None or not await gw.store.delete_factor(user, fid):
+            if record is None:
+                raise not_found()
+            await self.revoke_tokens(user)
+            if not await gw.store.delete_factor(user, fid):
                 raise not_found()
             if record.type == gw.settings.notify_channel and record.status == "active":
                 # the removed address hears of its own removal too

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,16 @@ def digest(data: bytes) -> str:
 _EMPTY = digest(b"")
 
 
+# The fields that change what the same body bytes mean to the upstream (RFC 9110 §8.3,
+# §8.4): a token for a JSON body must not authorize the same bytes sent as a form, nor
+# the same bytes declared gzip-encoded.
+BODY_MEANING = (b"content-type", b"content-encoding")
+
+
+def body_meaning(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    return b"\n".join(k + b":" + v for k, v in headers if k in BODY_MEANING)
+
+
 @dataclass(frozen=True, slots=True)
 class Bound:
     """The request facts a request-bound ticket or token is tied to."""
@@ -30,12 +41,17 @@ class Bound:
     method: str
     path: str
     query: str
-    body: str
+    body: str  # digest of the body and of the fields that give it its meaning
 
     @classmethod
-    def of(cls, method: str, path: str, query: bytes, body: bytes | None) -> Bound:
-        return cls(method, path, digest(query) if query else _EMPTY,
-                   digest(body) if body else _EMPTY)
+    def of(cls, method: str, path: str, query: bytes, body: bytes | None,
+           headers: Sequence[tuple[bytes, bytes]] = ()) -> Bound:
+        meaning = body_meaning(headers)
+        if meaning:
+            body_digest = digest(meaning + b"\n\n" + (body or b""))
+        else:
+            body_digest = digest(body) if body else _EMPTY
+        return cls(method, path, digest(query) if query else _EMPTY, body_digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +76,18 @@ class Token:
     expires: float
     uses: int
     bound: Bound | None
+    generation: int = 0  # the user's token generation when issued; a bump revokes it
 
 
 class Signer:
-    """HMAC-SHA256 via itsdangerous, one salt per purpose; the first key signs, all verify."""
+    """HMAC-SHA256 via itsdangerous, one salt per purpose; the first key signs, all verify.
+
+    Tickets and tokens name the store instance they were issued against (``instance``,
+    set once the store is open): a gateway started on a fresh, empty store has forgotten
+    which tokens were spent, so it refuses every token of the old one.
+    """
+
+    instance = ""
 
     def __init__(self, keys: list[str]) -> None:
         # itsdangerous signs with the *last* key of the list and accepts all of them.
@@ -86,8 +110,8 @@ class Signer:
     def ticket(self, *, user: str, rule: Rule | str, binding: str, bound: Bound | None,
                now: float, ttl: float) -> str:
         name = rule if isinstance(rule, str) else rule.name
-        doc: dict[str, Any] = {"v": 1, "n": secrets.token_urlsafe(12), "u": user, "r": name,
-                               "b": binding, "x": int(now + ttl)}
+        doc: dict[str, Any] = {"v": 1, "i": self.instance, "n": secrets.token_urlsafe(12),
+                               "u": user, "r": name, "b": binding, "x": int(now + ttl)}
         self._bound_out(bound if binding == "request" else None, doc)
         return str(self._tickets.dumps(doc))
 
@@ -102,14 +126,15 @@ class Signer:
             return None
 
     def token(self, *, ticket: Ticket, scope: str, factors: tuple[str, ...], verified_at: float,
-              now: float, ttl: float, uses: int) -> Token:
+              now: float, ttl: float, uses: int, generation: int) -> Token:
         return Token(secrets.token_urlsafe(16), ticket.user, ticket.rule, scope, ticket.binding,
-                     factors, verified_at, now + ttl, uses, ticket.bound)
+                     factors, verified_at, now + ttl, uses, ticket.bound, generation)
 
     def dump_token(self, t: Token) -> str:
-        doc: dict[str, Any] = {"v": 1, "j": t.jti, "u": t.user, "r": t.rule, "s": t.scope,
-                               "b": t.binding, "f": list(t.factors), "a": int(t.verified_at),
-                               "x": int(t.expires), "n": t.uses}
+        doc: dict[str, Any] = {"v": 1, "i": self.instance, "j": t.jti, "u": t.user, "r": t.rule,
+                               "s": t.scope, "b": t.binding, "f": list(t.factors),
+                               "a": int(t.verified_at), "x": int(t.expires), "n": t.uses,
+                               "g": t.generation}
         self._bound_out(t.bound, doc)
         return str(self._tokens.dumps(doc))
 
@@ -120,19 +145,20 @@ class Signer:
         try:
             return Token(str(doc["j"]), str(doc["u"]), str(doc["r"]), str(doc["s"]),
                          str(doc["b"]), tuple(str(f) for f in doc["f"]), float(doc["a"]),
-                         float(doc["x"]), int(doc["n"]), self._bound_in(doc))
+                         float(doc["x"]), int(doc["n"]), self._bound_in(doc), int(doc["g"]))
         except (KeyError, TypeError, ValueError):
             return None
 
-    @staticmethod
-    def _load(s: URLSafeSerializer, value: str) -> dict[str, Any] | None:
+    def _load(self, s: URLSafeSerializer, value: str) -> dict[str, Any] | None:
         if not value or len(value) > 4096:
             return None
         try:
             doc = s.loads(value)
         except (BadSignature, UnicodeDecodeError, ValueError):
             return None
-        return doc if isinstance(doc, dict) and doc.get("v") == 1 else None
+        if not isinstance(doc, dict) or doc.get("v") != 1 or doc.get("i") != self.instance:
+            return None
+        return doc
 
 
 def token_fits(token: Token, rule: Rule, user: str, bound: Bound | None, now: float) -> str | None:

@@ -38,6 +38,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
             head += chunk[:4096]
     text = head.decode("utf-8", "replace") if n <= 4096 else None
     doc = record(request, n, h.hexdigest(), text)
+    if "drop" in request.query:
+        # Received and recorded, then the connection breaks before any answer.
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response()
+    if "sleep" in request.query:
+        await asyncio.sleep(float(request.query["sleep"]))
     if path_is(request, "/hook/fail"):
         return web.json_response({"error": "refused"}, status=500)
     path = request.path

@@ -58,7 +58,7 @@ class Env:
         self.app, self.client, self.clock, self.audit, self.upstream = app, client, clock, audit, upstream
 
     async def enrol(self, user: str) -> str:
-        r = await self.client.post(f"{P}/factors/totp", auth=(user, PW))
+        r = await self.client.post(f"{P}/factors/totp", json={}, auth=(user, PW))
         assert r.status_code == 201, r.text
         secret = r.json()["secret"]
         ok = await self.client.post(f"{P}/factors/{r.json()['id']}/confirm", auth=(user, PW),
@@ -207,12 +207,12 @@ async def test_all_of_needs_every_factor(env: Env) -> None:
     secret = await env.enrol("alice")
     env.clock.t += 30
     # recovery codes need a manage token now that alice has TOTP
-    r = await env.client.post(f"{P}/recovery-codes", auth=("alice", PW))
+    r = await env.client.post(f"{P}/recovery-codes", json={}, auth=("alice", PW))
     assert r.status_code == 401 and r.json()["rule"] == "stepgate:manage"
     ch = await env.client.post(f"{P}/challenges", auth=("alice", PW), json={"ticket": r.json()["ticket"]})
     tok = await env.client.post(ch.json()["verify_uri"], auth=("alice", PW),
                                 json={"code": env.code(secret)})
-    rc = await env.client.post(f"{P}/recovery-codes", auth=("alice", PW),
+    rc = await env.client.post(f"{P}/recovery-codes", json={}, auth=("alice", PW),
                                headers={"X-Stepgate-Token": tok.json()["token"]})
     assert rc.status_code == 201 and len(rc.json()["codes"]) == 10
     env.clock.t += 30
@@ -235,10 +235,10 @@ async def test_all_of_needs_every_factor(env: Env) -> None:
 async def test_all_of_completes_on_one_ticket(env: Env) -> None:
     secret = await env.enrol("bob")
     env.clock.t += 30
-    r = await env.client.post(f"{P}/recovery-codes", auth=("bob", PW))
+    r = await env.client.post(f"{P}/recovery-codes", json={}, auth=("bob", PW))
     ch = await env.client.post(f"{P}/challenges", auth=("bob", PW), json={"ticket": r.json()["ticket"]})
     tok = await env.client.post(ch.json()["verify_uri"], auth=("bob", PW), json={"code": env.code(secret)})
-    codes = (await env.client.post(f"{P}/recovery-codes", auth=("bob", PW),
+    codes = (await env.client.post(f"{P}/recovery-codes", json={}, auth=("bob", PW),
                                    headers={"X-Stepgate-Token": tok.json()["token"]})).json()["codes"]
     env.clock.t += 30
     r = await env.client.get("/both", auth=("bob", PW))
@@ -323,7 +323,8 @@ async def test_bad_input_is_a_problem(env: Env, method: str, path: str, kw: dict
 async def test_endpoints_need_the_first_factor(env: Env) -> None:
     for method, path in [("GET", f"{P}/factors"), ("POST", f"{P}/factors/totp"),
                          ("POST", f"{P}/challenges"), ("POST", f"{P}/recovery-codes")]:
-        r = await env.client.request(method, path, auth=("alice", "wrong"))
+        r = await env.client.request(method, path, auth=("alice", "wrong"),
+                                     json={} if method == "POST" else None)
         assert r.status_code == 401, path
         assert r.headers["www-authenticate"] == 'Basic realm="unit", charset="UTF-8"'
     cfg = await env.client.get(f"{P}/config")
@@ -340,7 +341,7 @@ async def test_management_needs_step_up_and_binds_to_the_change(env: Env) -> Non
     ch = await env.client.post(f"{P}/challenges", auth=("alice", PW), json={"ticket": r.json()["ticket"]})
     tok = (await env.client.post(ch.json()["verify_uri"], auth=("alice", PW),
                                  json={"code": env.code(secret, 1)})).json()["token"]
-    other = await env.client.post(f"{P}/recovery-codes", auth=("alice", PW),
+    other = await env.client.post(f"{P}/recovery-codes", json={}, auth=("alice", PW),
                                   headers={"X-Stepgate-Token": tok})
     assert other.status_code == 401  # the token was for the DELETE, not this
     gone = await env.client.delete(f"{P}/factors/{fid}", auth=("alice", PW),
@@ -394,7 +395,7 @@ async def test_client_helper_with_async_client(env: Env) -> None:
 async def test_enrollment_admin_closes_self_enrolment(env: Env) -> None:
     import dataclasses
     env.app.settings = dataclasses.replace(env.app.settings, enrollment="admin")
-    r = await env.client.post(f"{P}/factors/totp", auth=("alice", PW))
+    r = await env.client.post(f"{P}/factors/totp", json={}, auth=("alice", PW))
     assert r.status_code == 403
     assert r.json()["type"] == "urn:stepgate:problem:enrollment-closed"
 
@@ -450,3 +451,97 @@ async def test_session_token_expires_even_when_remembered(env: Env) -> None:
     env.clock.t += 121
     late = await env.client.get("/sess/a", auth=("alice", PW), headers=h)
     assert late.status_code == 401 and late.json()["detail"] == "token is invalid or expired"
+
+
+async def _session_token(env: Env, user: str, secret: str, path: str = "/sess/a") -> str:
+    ch = await env.challenge(user, "GET", path)
+    v = await env.client.post(ch["verify_uri"], auth=(user, PW), json={"code": env.code(secret, 1)})
+    assert v.status_code == 200, v.text
+    return str(v.json()["token"])
+
+
+async def test_only_a_request_that_never_left_gives_its_use_back(env: Env) -> None:
+    """uses.py: the connection could not be opened → released; a timeout or a dropped
+    connection after sending → spent (it may have reached the upstream)."""
+    secret = await env.enrol("alice")
+    outcomes: list[Exception | None] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        exc = outcomes.pop(0)
+        if exc is not None:
+            raise exc
+        return httpx.Response(200, json={"ok": True})
+    env.app.forwarder = HttpxForwarder("http://upstream.test",
+                                       transport=httpx.MockTransport(upstream))
+    for n, (failure, status, reusable) in enumerate([
+            (httpx.ConnectError("refused"), 502, True),
+            (httpx.ConnectTimeout("slow connect"), 504, True),
+            (httpx.ReadTimeout("slow answer"), 504, False),
+            (httpx.RemoteProtocolError("dropped"), 502, False)]):
+        env.clock.t += 60
+        ch = await env.challenge("alice", "POST", "/pay", json={"n": n})
+        tok = (await env.client.post(ch["verify_uri"], auth=("alice", PW),
+                                     json={"code": env.code(secret)})).json()["token"]
+        h = {"X-Stepgate-Token": tok}
+        outcomes[:] = [failure, None]
+        first = await env.client.post("/pay", json={"n": n}, auth=("alice", PW), headers=h)
+        assert first.status_code == status, failure
+        again = await env.client.post("/pay", json={"n": n}, auth=("alice", PW), headers=h)
+        assert (again.status_code == 200) is reusable, (failure, again.text)
+        if not reusable:
+            assert again.status_code == 401 and again.json()["detail"] == "token already used"
+
+
+async def test_a_session_token_needs_the_store_to_check_revocation(env: Env) -> None:
+    secret = await env.enrol("alice")
+    token = await _session_token(env, "alice", secret)
+    h = {"X-Stepgate-Token": token}
+    assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
+
+    async def broken(*a: Any, **k: Any) -> Any:
+        raise StoreUnavailable("down")
+    env.app.store.generation = broken  # type: ignore[method-assign]
+    env.app.forget_generation("alice")  # past the generation cache's second
+    r = await env.client.get("/sess/b", auth=("alice", PW), headers=h)
+    assert r.status_code == 503
+    assert len(env.upstream) == 1
+
+
+async def _manage(env: Env, user: str, secret: str, method: str, path: str) -> str:
+    r = await env.client.request(method, f"{P}{path}", auth=(user, PW),
+                                 json={} if method == "POST" else None)
+    assert r.status_code == 401 and r.json()["rule"] == "stepgate:manage"
+    ch = await env.client.post(f"{P}/challenges", auth=(user, PW), json={"ticket": r.json()["ticket"]})
+    v = await env.client.post(ch.json()["verify_uri"], auth=(user, PW),
+                              json={"code": env.code(secret)})
+    return str(v.json()["token"])
+
+
+async def test_deleting_a_factor_and_a_lockout_revoke_tokens(env: Env) -> None:
+    secret = await env.enrol("alice")
+    env.clock.t += 30
+    manage = await _manage(env, "alice", secret, "POST", "/recovery-codes")
+    rc = await env.client.post(f"{P}/recovery-codes", json={}, auth=("alice", PW),
+                               headers={"X-Stepgate-Token": manage})
+    assert rc.status_code == 201
+    env.clock.t += 30
+    h = {"X-Stepgate-Token": await _session_token(env, "alice", secret)}
+    env.clock.t += 60
+    # new recovery codes left tokens alone; removing a factor revokes them
+    assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
+    manage = await _manage(env, "alice", secret, "DELETE", "/factors/recovery")
+    gone = await env.client.delete(f"{P}/factors/recovery", auth=("alice", PW),
+                                   headers={"X-Stepgate-Token": manage})
+    assert gone.status_code == 204
+    r = await env.client.get("/sess/a", auth=("alice", PW), headers=h)
+    assert r.status_code == 401 and r.json()["detail"] == "token was revoked"
+    # a fresh session token, then a lockout by wrong codes revokes it too
+    env.clock.t += 30
+    h = {"X-Stepgate-Token": await _session_token(env, "alice", secret)}
+    assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
+    for _ in range(2):
+        ch2 = await env.challenge("alice", "GET", "/sess/z")
+        for _ in range(5):
+            await env.client.post(ch2["verify_uri"], auth=("alice", PW), json={"code": "000000"})
+    r = await env.client.get("/sess/a", auth=("alice", PW), headers=h)
+    assert r.status_code == 401 and r.json()["detail"] == "token was revoked"

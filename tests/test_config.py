@@ -74,7 +74,7 @@ def test_every_config_error_is_reported_at_once(tmp_path: Path) -> None:
         f"{where}: upstream.url: expected an http:// or https:// URL without query, found 'ftp://x'",
         f"{where}: upstream.connect_timeout: expected a duration like '30s', '2m' or '1h', found 'soon'",
         f"{where}: upstream.retries: unknown key; expected one of 'connect_timeout', 'pool_size', "
-        "'read_timeout', 'success_below', 'url'",
+        "'pool_timeout', 'read_timeout', 'success_below', 'url'",
         f"{where}: prefix: expected a path like '/.stepgate' (no trailing slash), found 'stepgate/'",
         f"{where}: default_action: expected one of 'allow', 'deny', found 'maybe'",
         f"{where}: trusted_proxies: expected a list of CIDRs like '10.0.0.0/8', found a list",

@@ -154,11 +154,11 @@ def test_token_is_bound_to_the_request_and_user(gateway: GatewayProcess,
 def test_recovery_codes_and_step_up_for_management(gateway: GatewayProcess,
                                                    upstream: Upstream) -> None:
     with httpx.Client(base_url=gateway.url, headers=basic("erin")) as c:
-        first = c.post(f"{P}/recovery-codes")  # no factor yet: no step-up needed
+        first = c.post(f"{P}/recovery-codes", json={})  # no factor yet: no step-up needed
         assert first.status_code == 201
         codes = first.json()["codes"]
         assert len(codes) == 10 and all(len(x.replace("-", "")) >= 12 for x in codes)
-        again = c.post(f"{P}/factors/totp")  # now erin has a factor: step-up required
+        again = c.post(f"{P}/factors/totp", json={})  # now erin has a factor: step-up required
         assert again.status_code == 401
         assert again.json()["rule"] == "stepgate:manage"
     # The client helper answers the manage challenge with a recovery code.

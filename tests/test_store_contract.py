@@ -60,23 +60,57 @@ async def test_recovery_codes(store: Store) -> None:
 
 
 async def test_token_uses_reserve_commit_release(store: Store) -> None:
-    assert await store.reserve_use("j1", 1, 1000.0, 0.0, 30) == "ok"
-    assert await store.reserve_use("j1", 1, 1000.0, 0.0, 30) == "busy"
+    assert await store.reserve_use("j1", 1, 1000.0, 0.0) == "ok"
+    assert await store.reserve_use("j1", 1, 1000.0, 0.0) == "busy"
     await store.release_use("j1")
-    assert await store.reserve_use("j1", 1, 1000.0, 0.0, 30) == "ok"
+    assert await store.reserve_use("j1", 1, 1000.0, 0.0) == "ok"
     await store.commit_use("j1")
-    assert await store.reserve_use("j1", 1, 1000.0, 0.0, 30) == "used"
-    results = await asyncio.gather(*(store.reserve_use("j2", 1, 1000.0, 0.0, 30) for _ in range(20)))
+    assert await store.reserve_use("j1", 1, 1000.0, 0.0) == "used"
+    results = await asyncio.gather(*(store.reserve_use("j2", 1, 1000.0, 0.0) for _ in range(20)))
     assert results.count("ok") == 1 and results.count("busy") == 19
-    assert await store.reserve_use("j3", 2, 1000.0, 0.0, 30) == "ok"
-    assert await store.reserve_use("j3", 2, 1000.0, 0.0, 30) == "ok"
-    assert await store.reserve_use("j3", 2, 1000.0, 0.0, 30) == "busy"
+    assert await store.reserve_use("j3", 2, 1000.0, 0.0) == "ok"
+    assert await store.reserve_use("j3", 2, 1000.0, 0.0) == "ok"
+    assert await store.reserve_use("j3", 2, 1000.0, 0.0) == "busy"
 
 
-async def test_stale_reservation_lapses(store: Store) -> None:
-    assert await store.reserve_use("j", 1, 1000.0, 0.0, 30) == "ok"
-    assert await store.reserve_use("j", 1, 1000.0, 10.0, 30) == "busy"
-    assert await store.reserve_use("j", 1, 1000.0, 31.0, 30) == "ok"
+async def test_a_reservation_holds_until_the_token_expires(store: Store) -> None:
+    # A request that may have reached the upstream keeps its use: it never lapses back.
+    assert await store.reserve_use("j", 1, 1000.0, 0.0) == "ok"
+    assert await store.reserve_use("j", 1, 1000.0, 10.0) == "busy"
+    assert await store.reserve_use("j", 1, 1000.0, 999.0) == "busy"
+    await store.commit_use("j")
+    assert await store.reserve_use("j", 1, 1000.0, 999.0) == "used"
+
+
+async def test_generations_revoke(store: Store) -> None:
+    assert await store.generation("alice") == 0
+    assert await store.bump_generation("alice") == 1
+    assert await store.generation("alice") == 1
+    assert await store.generation("bob") == 0
+    await store.add_factor(factor())
+    await store.delete_user("alice")
+    assert await store.generation("alice") == 2
+    await store.unlock("alice")
+    assert await store.generation("alice") == 3
+    for _ in range(2):  # the lockout that starts on the second failure revokes
+        await store.record_failure("bob", 1.0, 2, 60.0, 600.0, 100)
+    assert await store.generation("bob") == 1
+    await store.record_failure("bob", 2.0, 2, 60.0, 600.0, 100)  # no new lockout: no bump
+    assert await store.generation("bob") == 1
+
+
+async def test_the_store_has_a_stable_instance_id(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path}/i.db")
+    await s.open()
+    first = s.instance_id
+    await s.close()
+    await s.open()
+    assert s.instance_id == first and len(first) >= 12
+    await s.close()
+    other = open_store(f"sqlite:///{tmp_path}/j.db")
+    await other.open()
+    assert other.instance_id != first
+    await other.close()
 
 
 async def test_lockout_backoff_doubles_then_hard_locks(store: Store) -> None:

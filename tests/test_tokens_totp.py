@@ -28,7 +28,7 @@ def mint(signer: Signer, r: Rule, bound: Bound | None, factors=("totp",), user="
                                          bound=bound, now=now, ttl=600), now)
     assert t is not None
     tok = signer.token(ticket=t, scope=r.require.scope, factors=factors, verified_at=now,
-                       now=now, ttl=120, uses=1)
+                       now=now, ttl=120, uses=1, generation=3)
     return signer.read_token(signer.dump_token(tok), now)
 
 
@@ -75,6 +75,37 @@ def test_token_fits_table() -> None:
     both = rule("route", factors=("totp", "email"), all_of=True)
     assert token_fits(mint(s, both, None), both, "alice", None, 1000) == "token lacks a required factor"
     assert token_fits(mint(s, both, None, factors=("totp", "email")), both, "alice", None, 1000) is None
+
+
+def test_binding_covers_what_gives_the_body_its_meaning() -> None:
+    body = b'{"x":1}'
+    json_ = Bound.of("POST", "/a", b"", body, [(b"content-type", b"application/json")])
+    assert json_ == Bound.of("POST", "/a", b"", body, [(b"content-type", b"application/json"),
+                                                       (b"accept", b"*/*")])
+    others = [
+        Bound.of("POST", "/a", b"", body, []),
+        Bound.of("POST", "/a", b"", body, [(b"content-type", b"application/x-www-form-urlencoded")]),
+        Bound.of("POST", "/a", b"", body, [(b"content-type", b"application/json"),
+                                           (b"content-encoding", b"gzip")]),
+        Bound.of("POST", "/a", b"", body, [(b"content-type", b"application/json"),
+                                           (b"content-type", b"text/plain")]),
+    ]
+    assert len({json_, *others}) == 5
+
+
+def test_tokens_name_their_store_instance_and_generation() -> None:
+    s = Signer([K1])
+    s.instance = "store-a"
+    r = rule()
+    tok = mint(s, r, None)
+    assert tok is not None and tok.generation == 3
+    value = s.dump_token(tok)
+    ticket = s.ticket(user="alice", rule=r, binding="request", bound=None, now=1000, ttl=60)
+    fresh = Signer([K1])
+    fresh.instance = "store-b"  # the same keys in front of a new, empty store
+    assert fresh.read_token(value, 1000) is None
+    assert fresh.read_ticket(ticket, 1000) is None
+    assert s.read_token(value, 1000) == tok
 
 
 # RFC 6238 Appendix B, SHA-1 rows (8 digits there; the last six digits are the 6-digit code).

@@ -1,17 +1,32 @@
-"""The embedded store: one SQLite file in WAL mode, versioned migrations applied at start."""
+"""The embedded store: one SQLite file in WAL mode, versioned migrations applied at start.
+
+Every call runs on one dedicated thread, never on the event loop, and is bounded by
+``timeout``: a file held locked by another process, or a stalled disk, makes the call
+fail with StoreUnavailable (503, fail closed) instead of stalling unrelated requests.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import secrets
 import sqlite3
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from .base import ChallengeRecord, FactorRecord, ReserveResult, StoreUnavailable, UserLock
+from .base import (
+    ChallengeRecord,
+    FactorRecord,
+    ReserveResult,
+    StoreMissing,
+    StoreUnavailable,
+    UserLock,
+)
 
 MIGRATIONS: list[str] = [
     """
@@ -40,30 +55,65 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, user TEXT, event TEXT NOT NULL);
     CREATE INDEX audit_user_ts ON audit(user, ts);
     """,
+    # The store's identity (tokens name it, so a fresh store refuses tokens spent in a lost
+    # one) and per-user token generations (bumped to revoke a user's outstanding tokens).
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE user_generations (user TEXT PRIMARY KEY, generation INTEGER NOT NULL);
+    CREATE INDEX token_uses_expiry ON token_uses(expires_at);
+    """,
 ]
+SWEEP_EVERY = 60.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _guard(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Run a short synchronous SQLite call; translate its errors once, here."""
-
+def _translated(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: {exc.__class__.__name__}") from exc
+    return call
+
+
+def _guard(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run a synchronous SQLite call on the store's thread within its timeout; translate
+    its errors once, here."""
+    inner = _translated(fn)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        store: SQLiteStore = args[0]  # type: ignore[assignment]
+        if store.executor is None:
+            raise StoreUnavailable("store is not open")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(store.executor, functools.partial(inner, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(future, store.timeout)
+        except TimeoutError:
+            raise StoreUnavailable("sqlite: timed out") from None
     return wrapper
 
 
-class SQLiteStore:
-    """Calls are short and local, so they run inline on the event loop."""
+def marker_path(path: str) -> Path:
+    """Written beside the database when it is created: a missing database with a marker
+    means the store was lost, not that this is the first start."""
+    return Path(path + ".instance")
 
-    def __init__(self, path: str) -> None:
+
+class SQLiteStore:
+    """One connection, used from one dedicated thread."""
+
+    def __init__(self, path: str, timeout: float = 2.0) -> None:
         self.path = path
+        self.timeout = timeout
         self.db: sqlite3.Connection | None = None
+        self.instance_id = ""
+        self.executor: ThreadPoolExecutor | None = None
+        self._last_sweep = 0.0
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -82,19 +132,49 @@ class SQLiteStore:
             raise
         c.execute("COMMIT")
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = False) -> None:
+        """Open (and migrate) the database. A missing file is created on the first start
+        only, or when ``create`` says so (`stepgate store init`): a missing file whose
+        marker remains means the store was lost, and starting afresh would forget every
+        enrolment and every spent token, so that refuses with StoreMissing."""
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepgate-sqlite")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._open, create)
+
+    def _open(self, create: bool) -> None:
+        memory = self.path == ":memory:"
+        marker = marker_path(self.path)
+        if not memory and not Path(self.path).exists() and marker.exists() and not create:
+            raise StoreMissing(
+                f"the store {self.path} is missing, but a store was created there before "
+                f"({marker} remains): restore the file from a backup, or run 'stepgate store "
+                "init --config FILE' to start with an empty store (every enrolment is lost)")
         try:
-            if self.path != ":memory:":
+            if not memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                 timeout=5.0)
+                                 timeout=self.timeout * 0.8)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
+            # Below the call timeout, so the thread is free again when a caller gives up.
+            db.execute(f"PRAGMA busy_timeout={int(self.timeout * 800)}")
             self.db = db
             self._migrate()
+            self.instance_id = self._instance()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
+        if not memory:
+            marker.write_text(self.instance_id + "\n", encoding="utf-8")
+
+    def _instance(self) -> str:
+        with self._tx() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
+            if row is not None:
+                return str(row[0])
+            value = secrets.token_urlsafe(9)
+            c.execute("INSERT INTO meta VALUES ('instance_id', ?)", (value,))
+            return value
 
     def _migrate(self) -> None:
         with self._tx() as c:
@@ -110,9 +190,12 @@ class SQLiteStore:
                 c.execute("UPDATE schema_version SET version = ?", (number,))
 
     async def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        executor, self.executor = self.executor, None
+        if self.db is not None and executor is not None:
+            db, self.db = self.db, None
+            await asyncio.get_running_loop().run_in_executor(executor, db.close)
+        if executor is not None:
+            executor.shutdown(wait=False)
 
     # factors ---------------------------------------------------------------
 
@@ -144,6 +227,7 @@ class SQLiteStore:
             n = c.execute("DELETE FROM factors WHERE user = ?", (user,)).rowcount
             n += c.execute("DELETE FROM recovery_codes WHERE user = ?", (user,)).rowcount
             c.execute("DELETE FROM user_locks WHERE user = ?", (user,))
+            self._bump(c, user)
         return int(n)
 
     @_guard
@@ -229,24 +313,26 @@ class SQLiteStore:
     # token uses ---------------------------------------------------------------
 
     @_guard
-    def reserve_use(self, jti: str, max_uses: int, expires_at: float, now: float,
-                    hold: float) -> ReserveResult:
+    def reserve_use(self, jti: str, max_uses: int, expires_at: float, now: float) -> ReserveResult:
+        # A reservation never lapses before the token expires: a request that may have
+        # reached the upstream holds its use until it is settled (docs/protocol.md).
         with self._tx() as c:
-            row = c.execute("SELECT committed, reserved, hold_until FROM token_uses WHERE jti = ?",
+            if now - self._last_sweep > SWEEP_EVERY:
+                self._last_sweep = now
+                c.execute("DELETE FROM token_uses WHERE expires_at < ?", (now,))
+            row = c.execute("SELECT committed, reserved FROM token_uses WHERE jti = ?",
                             (jti,)).fetchone()
             if row is None:
-                c.execute("INSERT INTO token_uses VALUES (?, 0, 1, ?, ?, ?)",
-                          (jti, max_uses, expires_at, now + hold))
+                c.execute("INSERT INTO token_uses (jti, committed, reserved, max_uses, expires_at, "
+                          "hold_until) VALUES (?, 0, 1, ?, ?, ?)",
+                          (jti, max_uses, expires_at, expires_at))
                 return "ok"
-            committed, reserved, hold_until = row
-            if hold_until < now:
-                reserved = 0  # a reservation whose request never finished (crash) lapses
+            committed, reserved = row
             if committed >= max_uses:
                 return "used"
             if committed + reserved >= max_uses:
                 return "busy"
-            c.execute("UPDATE token_uses SET reserved = ?, hold_until = ? WHERE jti = ?",
-                      (reserved + 1, max(hold_until, now + hold), jti))
+            c.execute("UPDATE token_uses SET reserved = reserved + 1 WHERE jti = ?", (jti,))
             return "ok"
 
     @_guard
@@ -275,18 +361,50 @@ class SQLiteStore:
                             (user,)).fetchone()
             failures, locked_until, hard = (row[0], row[1], bool(row[2])) if row else (0, 0.0, False)
             failures += 1
+            locks = False
             if failures >= hard_after:
+                locks = not hard
                 hard = True
             elif failures % lock_after == 0:
                 # NIST SP 800-63B 5.2.2: back off, doubling from lock_base up to lock_max.
                 locked_until = now + min(lock_base * 2 ** (failures // lock_after - 1), lock_max)
+                locks = True
             c.execute("INSERT OR REPLACE INTO user_locks VALUES (?, ?, ?, ?)",
                       (user, failures, locked_until, int(hard)))
+            if locks:  # a lockout revokes the user's outstanding tokens too
+                self._bump(c, user)
         return UserLock(failures, locked_until, hard)
 
     @_guard
     def reset_failures(self, user: str) -> None:
         self.conn.execute("DELETE FROM user_locks WHERE user = ?", (user,))
+
+    @_guard
+    def unlock(self, user: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM user_locks WHERE user = ?", (user,))
+            self._bump(c, user)
+
+    # token generations ------------------------------------------------------------
+
+    @staticmethod
+    def _bump(c: sqlite3.Connection, user: str) -> int:
+        c.execute("INSERT INTO user_generations VALUES (?, 1) ON CONFLICT(user) DO UPDATE SET "
+                  "generation = generation + 1", (user,))
+        row = c.execute("SELECT generation FROM user_generations WHERE user = ?",
+                        (user,)).fetchone()
+        return int(row[0])
+
+    @_guard
+    def generation(self, user: str) -> int:
+        row = self.conn.execute("SELECT generation FROM user_generations WHERE user = ?",
+                                (user,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @_guard
+    def bump_generation(self, user: str) -> int:
+        with self._tx() as c:
+            return self._bump(c, user)
 
     @_guard
     def hit(self, key: str, window: float, now: float, amount: int = 1) -> int:
