@@ -46,7 +46,10 @@ PATH_TABLE = [
     ("/public?x=/admin", 200, "/public?x=/admin"),
     ("/public/x?../../admin", 200, "/public/x?../../admin"),
     ("/public/caf%C3%A9", 200, "/public/caf%C3%A9"),
-    ("/public/x#/../../admin", 200, "/public/x"),  # the fragment never travels
+    ("/public/x#/../../admin", REJECT, None),  # a raw '#' never reaches matching
+    ("/public/x?a=1#frag", REJECT, None),
+    ("/public/%ef%bc%8e%ef%bc%8e/admin/x", REJECT, None),  # fullwidth dots (NFKC '..')
+    ("/%EF%BD%81dmin/x", REJECT, None),  # fullwidth 'a' (NFKC 'admin')
 ]
 
 
