@@ -280,18 +280,25 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
     settings = load_settings(d / "config.yaml")
     ring = KeyRing.from_settings(settings.keys)
     signer = Signer(ring.signing)
+
+    async def instance() -> str:
+        store = open_store(settings.store_url)
+        await store.open()  # tokens name the store they are issued against
+        await store.close()
+        return store.instance_id
+    signer.instance = asyncio.run(instance())
     now = time.time()
     session = signer.dump_token(signer.token(
         ticket=Ticket("n", "bench", "session", "session", now + 900, None), scope="bench",
-        factors=("totp",), verified_at=now, now=now, ttl=900, uses=0))
+        factors=("totp",), verified_at=now, now=now, ttl=900, uses=0, generation=0))
     body = '{"amount":5}'
-    bound = Bound.of("POST", "/pay", b"", body.encode())
+    bound = Bound.of("POST", "/pay", b"", body.encode(), [(b"content-type", b"application/json")])
     auth = "Basic " + __import__("base64").b64encode(b"bench:pw").decode()
     lines = []
     for _ in range(n_tokens):
         tok = signer.token(ticket=Ticket("n", "bench", "pay", "request", now + 900, bound),
                            scope="pay", factors=("totp",), verified_at=now, now=now, ttl=900,
-                           uses=1)
+                           uses=1, generation=0)
         lines.append(f"POST\t/pay\t{auth}\tX-Stepgate-Token\t{signer.dump_token(tok)}\t{body}")
     (d / "tokens.tsv").write_text("\n".join(lines) + "\n")
 

@@ -1,9 +1,12 @@
 """The benchmark runs for a second per scenario, so it does not rot. It asserts shape,
-never speed (SPEC §13: no timed assertions). Skipped where nginx or wrk is missing."""
+never speed (SPEC §13: no timed assertions). Where nginx, wrk or curl is missing the
+benchmark installs them from Debian packages (as root, like CI); skipped only where it
+cannot."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,17 +16,18 @@ import pytest
 
 from .conftest import ROOT
 
+HAVE_TOOLS = bool(shutil.which("wrk") and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
+                  and shutil.which("curl"))
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("wrk") and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
-         and shutil.which("curl")),
-    reason="the benchmark needs nginx, wrk and curl (python -m bench installs them)")
+    not HAVE_TOOLS and os.geteuid() != 0,
+    reason="the benchmark needs nginx, wrk and curl, and only root may install them")
 
 
 def test_bench_runs_and_writes_its_report(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "bench", "--seconds", "1", "--rounds", "1",
-                        "--tokens", "100", "--verify", "20", "--stream-mb", "5", "--no-install",
+                        "--tokens", "100", "--verify", "20", "--stream-mb", "5",
                         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (report,) = tmp_path.glob("*.json")
     doc = json.loads(report.read_text())
