@@ -140,6 +140,7 @@ class Gateway:
             await asyncio.wait(self.background, timeout=10)
         if self._started:
             await self.forwarder.aclose()
+            await self.audit.drain()
             await self.store.close()
             self.audit.close()
             self._started = False

@@ -3,7 +3,8 @@
 Lines are buffered and flushed at least once a second and at shutdown, so the
 forwarding hot path pays for a string format, not a system call. Events about
 factors, challenges, lockouts and refusals of a known user are also written to the
-store, where the admin API reads them; routine forwards stay in the stream only.
+store, in batches off the request's path, where the admin API reads them; routine
+forwards stay in the stream only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Audit:
             self._own = True
         self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._kept: list[dict[str, Any]] = []
+        self._keeper: asyncio.Task[None] | None = None
 
     def _write(self, line: str) -> None:
         self._pending.append(line)
@@ -74,10 +77,28 @@ class Audit:
         doc.update((k, v) for k, v in fields.items() if v is not None)
         self._write(json.dumps(doc, separators=(",", ":")) + "\n")
         if self.store is not None and event not in _STREAM_ONLY and fields.get("user"):
-            try:
-                await self.store.append_audit(doc)
-            except StoreUnavailable:
-                pass  # the stream line is the record of last resort
+            self._kept.append(doc)
+            if self._keeper is None:
+                self._keeper = asyncio.get_running_loop().create_task(self._keep())
+
+    async def _keep(self) -> None:
+        """Write queued events to the store in batches, off the request's path: one
+        store call for every event that arrived while the previous call ran."""
+        assert self.store is not None
+        try:
+            while self._kept:
+                batch, self._kept = self._kept, []
+                try:
+                    await self.store.append_audit(batch)
+                except StoreUnavailable:
+                    pass  # the stream line is the record of last resort
+        finally:
+            self._keeper = None
+
+    async def drain(self) -> None:
+        """Wait until queued events reached the store (at shutdown)."""
+        if self._keeper is not None:
+            await self._keeper
 
     def close(self) -> None:
         if self._timer is not None:

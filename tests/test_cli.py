@@ -113,7 +113,7 @@ def test_audit_command_reads_the_store(tmp_path: Path) -> None:
         store = open_store(f"sqlite:///{tmp_path}/s.db")
         await store.open()
         for ts, user in [(100.0, "a"), (200.0, "b"), (300.0, "a")]:
-            await store.append_audit({"ts": ts, "event": "failed", "user": user})
+            await store.append_audit([{"ts": ts, "event": "failed", "user": user}])
         await store.close()
     asyncio.run(seed())
     r = stepgate("audit", "--config", str(cfg), "--user", "a", "--since", "150")

@@ -161,7 +161,7 @@ async def test_challenges(store: Store) -> None:
 
 async def test_audit_filters(store: Store) -> None:
     for ts, user in [(1.0, "a"), (2.0, "b"), (3.0, "a")]:
-        await store.append_audit({"ts": ts, "user": user, "event": "x"})
+        await store.append_audit([{"ts": ts, "user": user, "event": "x"}])
     assert [e["ts"] for e in await store.audit("a", None, None, 10)] == [1.0, 3.0]
     assert [e["ts"] for e in await store.audit(None, 2.0, 3.0, 10)] == [2.0, 3.0]
 

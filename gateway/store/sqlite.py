@@ -91,10 +91,22 @@ def _guard(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
             raise StoreUnavailable("store is not open")
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(store.executor, functools.partial(inner, *args, **kwargs))
+        # One timer handle, not asyncio.wait_for (a task and callbacks per call: several
+        # times dearer on the verify path); the thread itself is freed by busy_timeout.
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            future.cancel()
+        timer = loop.call_later(store.timeout, expire)
         try:
-            return await asyncio.wait_for(future, store.timeout)
-        except TimeoutError:
-            raise StoreUnavailable("sqlite: timed out") from None
+            return await future
+        except asyncio.CancelledError:
+            if expired:
+                raise StoreUnavailable("sqlite: timed out") from None
+            raise
+        finally:
+            timer.cancel()
     return wrapper
 
 
@@ -420,9 +432,10 @@ class SQLiteStore:
     # audit ------------------------------------------------------------------------
 
     @_guard
-    def append_audit(self, event: dict[str, Any]) -> None:
-        self.conn.execute("INSERT INTO audit (ts, user, event) VALUES (?, ?, ?)",
-                          (event.get("ts", 0.0), event.get("user"), json.dumps(event)))
+    def append_audit(self, events: list[dict[str, Any]]) -> None:
+        with self._tx() as c:
+            c.executemany("INSERT INTO audit (ts, user, event) VALUES (?, ?, ?)",
+                          [(e.get("ts", 0.0), e.get("user"), json.dumps(e)) for e in events])
 
     @_guard
     def audit(self, user: str | None, since: float | None, until: float | None,
