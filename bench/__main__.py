@@ -252,11 +252,11 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
     import bcrypt
     import yaml
 
-    from gateway.config import load_settings
+    from gateway.config.load import load_settings
+    from gateway.decision.tokens import Bound, Signer, Ticket
     from gateway.factors.totp import new_secret, seal
     from gateway.keys import KeyRing, generate_data_key, generate_signing_key
     from gateway.store import ChallengeRecord, FactorRecord, open_store
-    from gateway.tokens import Bound, Signer, Ticket
 
     keys = {"STEPGATE_KEYS": generate_signing_key(), "STEPGATE_DATA_KEYS": generate_data_key()}
     users = ["bench"] + [f"v{i}" for i in range(n_verify)]

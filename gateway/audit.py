@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from .store import Store, StoreUnavailable
+from gateway.store import Store, StoreUnavailable
 
 _STREAM_ONLY = frozenset({"allowed", "token_used"})
 FLUSH_EVERY = 1.0

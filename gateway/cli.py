@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
-from .validate import ConfigError
+from gateway.config.load import load_settings
+from gateway.config.settings import Settings
+from gateway.config.validate import ConfigError
 
 DEMO_KEYS = "stepgate-demo.keys"
 
@@ -36,19 +37,19 @@ def _settings(path: str | None) -> Settings:
 def cmd_check(args: argparse.Namespace) -> int:
     s = _settings(args.config)
     kinds: dict[str, int] = {}
-    for rule in s.policy.rules:
+    for rule in s.rules.rules:
         kinds[rule.action] = kinds.get(rule.action, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no rules"
-    print(f"ok: {s.source.name}: {len(s.policy.rules)} rules ({summary}) from "
-          f"{len(s.policy.sources)} file(s); default_action {s.default_action}; "
+    print(f"ok: {s.source.name}: {len(s.rules.rules)} rules ({summary}) from "
+          f"{len(s.rules.sources)} file(s); default_action {s.default_action}; "
           f"upstream {s.upstream.url}")
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .paths import canonicalize
-    from .policies import RequestView
-    from .problems import Problem
+    from gateway.decision.paths import canonicalize
+    from gateway.decision.policies import Policy, RequestView
+    from gateway.problems import Problem
     s = _settings(args.config)
     path, _, query = args.path.partition("?")
     try:
@@ -64,7 +65,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     req = RequestView(args.method.upper(), cp.decoded, (args.host or "").lower(), query.encode(),
                       headers, body)
     try:
-        rule, misses = s.policy.explain(req)
+        rule, misses = Policy(s.rules.rules, s.default_action).explain(req)
     except Problem as p:
         print(f"{args.method} {args.path}: rejected with {p.status}: {p.detail}")
         return 1
@@ -88,7 +89,7 @@ def _uvicorn_kwargs(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "listen", None):
         host, _, p = args.listen.rpartition(":")
         port = int(p)
-    from .server import GatewayHttpProtocol
+    from gateway.http.server import GatewayHttpProtocol
     return dict(host=host, port=port, loop="uvloop", http=GatewayHttpProtocol, lifespan="on",
                 access_log=bool(getattr(args, "access_log", False)), server_header=False,
                 date_header=False, log_level="info", proxy_headers=False, ws="none")
@@ -97,9 +98,9 @@ def _uvicorn_kwargs(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .admin import AdminKeyError
-    from .app import create_app
-    from .keys import KeyError_
+    from gateway.api.admin import AdminKeyError
+    from gateway.http.app import create_app
+    from gateway.keys import KeyError_
     s = _settings(args.config)
     workers = args.workers or s.workers
     kw = _uvicorn_kwargs(s, args)
@@ -114,14 +115,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if workers > 1:
         os.environ["STEPGATE_CONFIG"] = str(s.source)
-        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **kw)
+        uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=workers, **kw)
         return 0
     uvicorn.run(app, **kw)
     return 0
 
 
 async def _open_store(s: Settings, create: bool = False) -> str | None:
-    from .store import StoreMissing, StoreUnavailable, open_store
+    from gateway.store import StoreMissing, StoreUnavailable, open_store
     store = open_store(s.store_url, s.store_timeout)
     try:
         await store.open(create=create)
@@ -149,14 +150,14 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_upstream(args: argparse.Namespace) -> int:
-    from .demo import serve
+    from gateway.demo import serve
     host, _, port = args.listen.rpartition(":")
     serve(host, int(port))
     return 0
 
 
 def _ensure_demo_keys() -> None:
-    from .keys import generate_data_key, generate_signing_key
+    from gateway.keys import generate_data_key, generate_signing_key
     path = Path(DEMO_KEYS)
     if not path.exists():
         path.write_text(json.dumps({"STEPGATE_KEYS": generate_signing_key(),
@@ -187,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .keys import generate_data_key, generate_signing_key
+    from gateway.keys import generate_data_key, generate_signing_key
     print(f"STEPGATE_KEYS={generate_signing_key()}")
     print(f"STEPGATE_DATA_KEYS={generate_data_key()}")
     print("# Put the newest key first; keep old ones after a comma while tokens they signed "
@@ -196,9 +197,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 async def _users(args: argparse.Namespace) -> int:
-    from .factors.totp import new_secret, otpauth_uri, seal, terminal_qr
-    from .keys import KeyRing
-    from .store import FactorRecord, open_store
+    from gateway.factors.totp import new_secret, otpauth_uri, seal, terminal_qr
+    from gateway.keys import KeyRing
+    from gateway.store import FactorRecord, open_store
     s = _settings(args.config)
     store = open_store(s.store_url, s.store_timeout)
     await store.open()
@@ -236,7 +237,7 @@ async def _users(args: argparse.Namespace) -> int:
 
 
 def _with_store(run: Any) -> int:
-    from .store import StoreMissing, StoreUnavailable
+    from gateway.store import StoreMissing, StoreUnavailable
     try:
         return int(asyncio.run(run))
     except (StoreMissing, StoreUnavailable) as exc:
@@ -249,9 +250,9 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 async def _audit(args: argparse.Namespace) -> int:
-    from .admin import _time
-    from .problems import Problem
-    from .store import open_store
+    from gateway.api.admin import _time
+    from gateway.problems import Problem
+    from gateway.store import open_store
     s = _settings(args.config)
     try:
         since = _time(args.since, "since") if args.since else None

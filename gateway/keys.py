@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .config import KeySettings
+from gateway.config.settings import KeySettings
 
 MIN_SIGNING_KEY_LENGTH = 32
 

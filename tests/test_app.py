@@ -15,9 +15,9 @@ import pytest
 import respx
 import yaml
 
-from gateway.app import Gateway, create_app
 from gateway.audit import Audit
-from gateway.config import load_settings
+from gateway.config.load import load_settings
+from gateway.http.app import Gateway, create_app
 from gateway.keys import KeyRing, generate_data_key, generate_signing_key
 from gateway.proxy import HttpxForwarder
 from gateway.store import StoreUnavailable

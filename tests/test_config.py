@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_settings
-from gateway.validate import ConfigError, parse_duration, parse_size
+from gateway.config.load import load_settings
+from gateway.config.validate import ConfigError, parse_duration, parse_size
 
 BASE = {
     "upstream": {"url": "http://127.0.0.1:9000"},
@@ -49,7 +49,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert s.max_body == 2 * 1024 * 1024
     assert s.prefix == "/.stepgate" and s.token_header == "X-Stepgate-Token"
     assert s.default_action == "deny"
-    assert [r.name for r in s.policy.rules] == ["ok"]
+    assert [r.name for r in s.rules.rules] == ["ok"]
 
 
 def test_every_config_error_is_reported_at_once(tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_folder_rules_concatenate_in_name_order(tmp_path: Path) -> None:
         "10-a.yaml": yaml.safe_dump({"rules": [{**RULE, "name": "first"}]}),
         "notes.txt": "ignored",
     }))
-    assert [r.name for r in s.policy.rules] == ["first", "second"]
+    assert [r.name for r in s.rules.rules] == ["first", "second"]
 
 
 def test_require_rules_need_an_identity_source(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import bcrypt
 import httpx
 import pytest
 
-from gateway.config import BasicIdentity, HeaderIdentity
-from gateway.identity import (
+from gateway.config.settings import BasicIdentity, HeaderIdentity
+from gateway.decision.identity import (
     BackendIdentity,
     HeaderIdentitySource,
     HtpasswdIdentity,

@@ -12,9 +12,9 @@ from typing import Any
 import bcrypt
 import pytest
 
-from gateway import identity
-from gateway.config import BasicIdentity
-from gateway.identity import DEFAULT_DUMMY_COST, HtpasswdIdentity, bcrypt_cost, dummy_cost
+from gateway.config.settings import BasicIdentity
+from gateway.decision import identity
+from gateway.decision.identity import DEFAULT_DUMMY_COST, HtpasswdIdentity, bcrypt_cost, dummy_cost
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.paths import canonicalize
+from gateway.decision.paths import canonicalize
 from gateway.problems import Problem
 
 STRICT = [

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.policies import NeedBody, Policy, RequestView, load_policy
+from gateway.decision.policies import NeedBody, Policy, RequestView, load_policy
 from gateway.problems import Problem
 
 RULES = [

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.config.rules import Requirement, Rule
+from gateway.decision.tokens import Bound, Signer, token_fits
 from gateway.factors.recovery import new_codes, normalise
 from gateway.factors.totp import matching_step, new_secret, otpauth_uri
 from gateway.keys import KeyError_, KeyRing, generate_data_key, generate_signing_key
-from gateway.policies import Requirement, Rule
-from gateway.tokens import Bound, Signer, token_fits
 
 from .totp_ref import hotp
 

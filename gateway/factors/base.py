@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..store import ChallengeRecord, FactorRecord
+from gateway.store import ChallengeRecord, FactorRecord
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ import hmac
 import re
 import secrets
 
-from ..config import ChannelSettings
-from ..delivery import Deliverer
-from ..keys import KeyRing
-from ..store import ChallengeRecord, FactorRecord, Store
+from gateway.config.settings import ChannelSettings
+from gateway.factors.delivery import Deliverer
+from gateway.keys import KeyRing
+from gateway.store import ChallengeRecord, FactorRecord, Store
+
 from .base import Started, Verification
 
 ADDRESS = {

@@ -7,7 +7,8 @@ import hashlib
 import os
 import re
 
-from ..store import ChallengeRecord, FactorRecord, Store
+from gateway.store import ChallengeRecord, FactorRecord, Store
+
 from .base import Started, Verification
 
 GROUP = 4  # 16 base32 characters = 80 bits per code

@@ -11,8 +11,9 @@ import re
 import pyotp
 import segno
 
-from ..keys import KeyRing
-from ..store import ChallengeRecord, FactorRecord, Store
+from gateway.keys import KeyRing
+from gateway.store import ChallengeRecord, FactorRecord, Store
+
 from .base import Started, Verification
 
 # ASCII digits only: \d would admit other scripts' digits, and $ a trailing newline.

@@ -17,8 +17,8 @@ from typing import Protocol
 
 import bcrypt
 
-from .config import BasicIdentity, HeaderIdentity
-from .proxy import Forwarder, HeaderPolicy
+from gateway.config.settings import BasicIdentity, HeaderIdentity
+from gateway.proxy import Forwarder, HeaderPolicy
 
 log = logging.getLogger("stepgate")
 

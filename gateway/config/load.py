@@ -1,165 +1,34 @@
-"""Settings: the YAML configuration loaded and validated at start-up into one typed object."""
+"""Loading the YAML configuration: every section validated, every error reported at once."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
 
-from .policies import Policy, load_policy
-from .validate import ConfigError, Reader
+from gateway.config.rules import load_rules
+from gateway.config.settings import (
+    BUILTIN_FACTORS,
+    BasicIdentity,
+    ChannelSettings,
+    ClientLimits,
+    EvidenceHeaders,
+    HeaderIdentity,
+    KeySettings,
+    ManageSettings,
+    Settings,
+    SmtpSettings,
+    ThrottleSettings,
+    UpstreamSettings,
+)
+from gateway.config.validate import ConfigError, Reader
 
 _HEADER_NAME = r"[A-Za-z0-9][A-Za-z0-9-]*"
 _CHANNEL = re.compile(r"^[a-z][a-z0-9_-]*\Z")
-BUILTIN_FACTORS = ("totp", "recovery")
-
-
-@dataclass(frozen=True)
-class UpstreamSettings:
-    url: str
-    connect_timeout: float = 2.0
-    read_timeout: float = 30.0
-    success_below: int = 400
-    pool_size: int = 100
-    pool_timeout: float = 5.0
-
-
-@dataclass(frozen=True)
-class ClientLimits:
-    """Bounds on what one client connection may hold: slowloris-style clients are cut off."""
-
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    connections_per_client: int = 256
-
-
-@dataclass(frozen=True)
-class BasicIdentity:
-    realm: str
-    htpasswd: Path | None = None
-    probe_path: str | None = None
-    probe_cache_ttl: float = 30.0
-    verify_backend: bool = False
-
-
-@dataclass(frozen=True)
-class HeaderIdentity:
-    name: str
-
-
-@dataclass(frozen=True)
-class KeySettings:
-    env: str | None = "STEPGATE_KEYS"
-    file: Path | None = None
-    data_env: str | None = "STEPGATE_DATA_KEYS"
-    data_file: Path | None = None
-
-
-@dataclass(frozen=True)
-class ThrottleSettings:
-    challenge_attempts: int = 5
-    lock_after: int = 10
-    lock_base: float = 300.0
-    lock_max: float = 3600.0
-    hard_lock_after: int = 100
-    challenges_per_window: int = 10
-    challenge_window: float = 600.0
-    sends_per_window: int = 3
-    send_window: float = 600.0
-    resend_after: float = 30.0
-
-
-@dataclass(frozen=True)
-class EvidenceHeaders:
-    user: str = "X-Stepgate-User"
-    rule: str = "X-Stepgate-Rule"
-    factor: str = "X-Stepgate-Factor"
-    verified_at: str = "X-Stepgate-Verified-At"
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int = 25
-    sender: str = "stepgate@localhost"
-    starttls: bool = False
-    username_env: str | None = None
-    password_env: str | None = None
-
-
-@dataclass(frozen=True)
-class ChannelSettings:
-    """A delivered-code channel (sms, email, or any name): how its codes travel."""
-
-    name: str
-    kind: Literal["command", "webhook", "smtp"]
-    command: tuple[str, ...] = ()
-    webhook_url: str = ""
-    webhook_headers: tuple[tuple[str, str], ...] = ()
-    smtp: SmtpSettings | None = None
-    timeout: float = 10.0
-    digits: int = 6
-    ttl: float = 300.0
-    address: str = "any"  # e164 | email | any
-    second_factor: bool = True  # false: the channel only carries notifications
-    subject: str = "Your verification code"
-
-
-@dataclass(frozen=True)
-class ManageSettings:
-    binding: Literal["request", "route", "session"] = "request"
-    ttl: float = 120.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    source: Path
-    upstream: UpstreamSettings
-    policy: Policy
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8080
-    workers: int = 1
-    realm: str = "stepgate"
-    prefix: str = "/.stepgate"
-    token_header: str = "X-Stepgate-Token"
-    default_action: Literal["allow", "deny"] = "deny"
-    store_url: str = "sqlite:///stepgate.db"
-    store_timeout: float = 2.0
-    keys: KeySettings = field(default_factory=KeySettings)
-    basic: BasicIdentity | None = None
-    header_identity: HeaderIdentity | None = None
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    enrollment: Literal["open", "admin"] = "open"
-    totp_issuer: str = "Stepgate"
-    recovery_count: int = 10
-    admin_key_env: str | None = None
-    admin_key_file: Path | None = None
-    audit_path: str = "-"
-    normalize_paths: bool = False
-    case_insensitive: bool = False
-    max_body: int = 1024 * 1024
-    evidence: EvidenceHeaders = field(default_factory=EvidenceHeaders)
-    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
-    limits: ClientLimits = field(default_factory=ClientLimits)
-    manage: ManageSettings = field(default_factory=ManageSettings)
-    channels: tuple[ChannelSettings, ...] = ()
-    notify_channel: str | None = None
-    challenge_ttl: float = 300.0
-    ticket_ttl: float = 600.0
-
-    @property
-    def factors(self) -> tuple[str, ...]:
-        """Every second factor the configuration makes available, in a stable order."""
-        return BUILTIN_FACTORS + tuple(c.name for c in self.channels if c.second_factor)
-
-    def channel(self, name: str) -> ChannelSettings | None:
-        return next((c for c in self.channels if c.name == name), None)
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -450,12 +319,11 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
     r.finish()
 
     case_insensitive = bool(kw.get("case_insensitive", False))
-    policy = load_policy(_resolve(base, policies_rel or "policies/"),
-                         default_action=default_action or "deny", known_factors=known,
-                         case_insensitive=case_insensitive, base=base, errors=errors)
+    rules = load_rules(_resolve(base, policies_rel or "policies/"), known_factors=known,
+                       case_insensitive=case_insensitive, base=base, errors=errors)
     if errors:
         raise ConfigError(errors)
-    if any(rule.require for rule in policy.rules) and not (kw.get("basic") or kw.get("header_identity")):
+    if any(rule.require for rule in rules.rules) and not (kw.get("basic") or kw.get("header_identity")):
         raise ConfigError([f"{where}: identity: expected 'basic' or 'header' because rules "
                            "require a second factor, found no identity source"])
-    return Settings(source=cfg_path.resolve(), upstream=upstream, policy=policy, **kw)  # type: ignore[arg-type]
+    return Settings(source=cfg_path.resolve(), upstream=upstream, rules=rules, **kw)  # type: ignore[arg-type]

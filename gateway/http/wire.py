@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from .problems import Headers, Problem, bad_request
+from gateway.problems import Headers, Problem, bad_request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -27,8 +27,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from .config import ClientLimits
-from .problems import Problem
+from gateway.config.settings import ClientLimits
+from gateway.problems import Problem
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

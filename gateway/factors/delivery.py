@@ -9,8 +9,8 @@ import smtplib
 from email.message import EmailMessage
 from typing import Protocol
 
-from .config import ChannelSettings
-from .problems import Problem
+from gateway.config.settings import ChannelSettings
+from gateway.problems import Problem
 
 log = logging.getLogger("stepgate.delivery")
 

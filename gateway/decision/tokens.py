@@ -11,7 +11,7 @@ from typing import Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from .policies import Rule
+from gateway.config.rules import Rule
 
 TICKET_SALT = "stepgate.ticket.v1"
 TOKEN_SALT = "stepgate.token.v1"

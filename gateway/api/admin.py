@@ -9,14 +9,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from .paths import CanonicalPath
-from .problems import Problem, bad_request, not_found
-from .selfservice import public
-from .wire import Receive, Scope, Send, header, send_json
+from gateway.api.selfservice import public
+from gateway.decision.paths import CanonicalPath
+from gateway.http.wire import Receive, Scope, Send, header, send_json
+from gateway.problems import Problem, bad_request, not_found
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .endpoints import Endpoints
+    from gateway.api.handshake import Endpoints
+    from gateway.config.settings import Settings
 
 MIN_KEY_LENGTH = 24
 

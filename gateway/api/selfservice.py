@@ -9,18 +9,18 @@ import secrets
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .factors import new_codes
-from .factors.delivered import DeliveredFactor, mask, seal_address, valid_address
-from .factors.recovery import code_hash, normalise
-from .factors.totp import matching_step, new_secret, otpauth_uri, qr_svg, seal
-from .paths import CanonicalPath
-from .problems import Problem, bad_request, not_found
-from .store import ChallengeRecord, FactorRecord
-from .tokens import Bound, token_fits
-from .wire import JSON_LIMIT, Receive, Scope, Send, field, header, read_body, read_json, send_json
+from gateway.decision.paths import CanonicalPath
+from gateway.decision.tokens import Bound, token_fits
+from gateway.factors import new_codes
+from gateway.factors.delivered import DeliveredFactor, mask, seal_address, valid_address
+from gateway.factors.recovery import code_hash, normalise
+from gateway.factors.totp import matching_step, new_secret, otpauth_uri, qr_svg, seal
+from gateway.http.wire import JSON_LIMIT, Receive, Scope, Send, field, header, read_body, read_json, send_json
+from gateway.problems import Problem, bad_request, not_found
+from gateway.store import ChallengeRecord, FactorRecord
 
 if TYPE_CHECKING:
-    from .endpoints import Endpoints
+    from gateway.api.handshake import Endpoints
 
 log = logging.getLogger("stepgate")
 LABEL_MAX = 64

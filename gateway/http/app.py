@@ -11,23 +11,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .admin import load_admin_key
-from .audit import Audit
-from .config import Settings
-from .delivery import deliverer
-from .endpoints import Endpoints
-from .factors import Factor, RecoveryFactor, TotpFactor
-from .factors.delivered import DeliveredFactor
-from .identity import IdentitySource, make_identity
-from .keys import KeyRing
-from .paths import CanonicalPath, canonicalize
-from .policies import NeedBody, RequestView, Requirement, Rule
-from .problems import Headers, Problem
-from .proxy import AiohttpForwarder, Forwarder, HeaderPolicy, StrHeaders, UpstreamError
-from .store import Store, StoreUnavailable, open_store
-from .tokens import Bound, Signer, Token, token_fits
-from .uses import Outcome, TokenUses
-from .wire import (
+from gateway.api.admin import load_admin_key
+from gateway.api.handshake import Endpoints
+from gateway.audit import Audit
+from gateway.config.rules import Requirement, Rule
+from gateway.config.settings import Settings
+from gateway.decision.identity import IdentitySource, make_identity
+from gateway.decision.paths import CanonicalPath, canonicalize
+from gateway.decision.policies import NeedBody, Policy, RequestView
+from gateway.decision.tokens import Bound, Signer, Token, token_fits
+from gateway.decision.uses import Outcome, TokenUses
+from gateway.factors import Factor, RecoveryFactor, TotpFactor
+from gateway.factors.delivered import DeliveredFactor
+from gateway.factors.delivery import deliverer
+from gateway.http.wire import (
     STARTED,
     ClientGone,
     Receive,
@@ -40,6 +37,10 @@ from .wire import (
     send_problem,
     stream_body,
 )
+from gateway.keys import KeyRing
+from gateway.problems import Headers, Problem
+from gateway.proxy import AiohttpForwarder, Forwarder, HeaderPolicy, StrHeaders, UpstreamError
+from gateway.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger("stepgate")
 
@@ -65,7 +66,7 @@ class Gateway:
                  forwarder: Forwarder | None = None, keys: KeyRing | None = None,
                  clock: Callable[[], float] = time.time, audit: Audit | None = None) -> None:
         self.settings = settings
-        self.policy = settings.policy
+        self.policy = Policy(settings.rules.rules, settings.default_action, settings.rules.sources)
         self.clock = clock
         self.keys = keys or KeyRing.from_settings(settings.keys)
         self.signer = Signer(self.keys.signing)
@@ -483,5 +484,5 @@ def app_from_env() -> Gateway:
     """Factory for server processes: loads the configuration named by STEPGATE_CONFIG."""
     import os
 
-    from .config import load_settings
+    from gateway.config.load import load_settings
     return create_app(load_settings(os.environ.get("STEPGATE_CONFIG", "config.yaml")))

@@ -1,19 +1,16 @@
-"""Policy rules: loading with every error at once, compiled matchers, first match wins, explain()."""
+"""Policy rules as written: the validated, compiled rule set a configuration holds (loading
+reports every error at once, each with file, rule, key, expected and found)."""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl
 
 import yaml
 
-from .problems import Problem, bad_request
-from .validate import MISSING, ConfigError, Reader, found
+from gateway.config.validate import MISSING, ConfigError, Reader
 
 Action = Literal["allow", "deny", "require"]
 Binding = Literal["request", "route", "session"]
@@ -25,11 +22,7 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
 _JSON_PATH = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])+)\Z")
 _JSON_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
 _OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "present", "regex")
-_ABSENT = object()
-
-
-class NeedBody(Exception):
-    """Raised by matching when a rule's JSON conditions need the request body."""
+ABSENT = object()  # a value the request does not carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +50,8 @@ class Condition:
         """True, False, or None when the value's type makes the answer unknowable."""
         op = self.op
         if op == "present":
-            return (value is not _ABSENT) == self.operand
-        if value is _ABSENT:
+            return (value is not ABSENT) == self.operand
+        if value is ABSENT:
             return op in ("ne", "not_in")
         if op == "eq":
             return bool(value == self.operand)
@@ -117,18 +110,6 @@ class Rule:
         return f"rule #{self.index + 1} ('{self.name}') in {self.source}"
 
 
-@dataclass(slots=True)
-class RequestView:
-    """What matching may look at; ``body`` is None until a JSON rule needs it."""
-
-    method: str
-    path: str
-    host: str
-    query: bytes
-    headers: Sequence[tuple[bytes, bytes]]
-    body: bytes | None = None
-
-
 def compile_path(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
     parts = pattern.split("/")[1:]
     out = []
@@ -170,131 +151,6 @@ def _check_pattern(pattern: str) -> bool:
         if not seg or seg in (".", "..") or any(c in seg for c in "{}*?#;\\%"):
             return False
     return True
-
-
-def _host_matches(pattern: str, host: str) -> bool:
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
-    return host == pattern
-
-
-def _single(pairs: list[tuple[str, str]], name: str, where: str) -> Any:
-    values = [v for k, v in pairs if k == name]
-    if not values:
-        return _ABSENT
-    if len(values) > 1:
-        # Parameter pollution: we cannot know which copy the upstream reads.
-        raise bad_request(f"the {where} '{name}' appears more than once", "ambiguous-request")
-    return values[0]
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise bad_request("the JSON body repeats a key", "ambiguous-request")
-    return dict(pairs)
-
-
-def parse_json_body(body: bytes) -> Any:
-    try:
-        return json.loads(body, object_pairs_hook=_reject_duplicate_keys)
-    except Problem:
-        raise
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise bad_request("the route inspects the JSON body, which is not valid JSON",
-                          "invalid-body") from None
-
-
-def _json_lookup(doc: Any, steps: tuple[str | int, ...]) -> Any:
-    cur = doc
-    for step in steps:
-        if isinstance(step, int):
-            if not isinstance(cur, list) or step >= len(cur):
-                return _ABSENT
-        elif not isinstance(cur, dict) or step not in cur:
-            return _ABSENT
-        cur = cur[step]
-    return cur
-
-
-class Policy:
-    """An ordered rule list; the first rule that matches decides."""
-
-    def __init__(self, rules: list[Rule], default_action: Literal["allow", "deny"],
-                 sources: list[str] | None = None) -> None:
-        self.rules = rules
-        self.default_action = default_action
-        self.sources = sources or []
-        self.by_name = {r.name: r for r in rules}
-
-    def _evaluate(self, rule: Rule, req: RequestView, parsed: dict[str, Any]) -> list[str]:
-        """Reasons the rule does not match; empty when it does."""
-        if rule.methods is not None and req.method not in rule.methods:
-            return [f"method {req.method} is not one of {', '.join(sorted(rule.methods))}"]
-        if rule.path_regex is not None and rule.path_regex.match(req.path) is None:
-            return [f"path {req.path} matches none of {', '.join(rule.paths)}"]
-        if rule.hosts and not any(_host_matches(h, req.host) for h in rule.hosts):
-            return [f"host {req.host or '(none)'} is not one of {', '.join(rule.hosts)}"]
-        reasons: list[str] = []
-        if rule.query:
-            if "query" not in parsed:
-                text = req.query.decode("latin-1")
-                parsed["query"] = parse_qsl(text, keep_blank_values=True)
-            for name, conds in rule.query:
-                value = _single(parsed["query"], name, "query parameter")
-                reasons += self._conditions(rule, f"query {name}", conds, value)
-        if rule.headers:
-            if "headers" not in parsed:
-                parsed["headers"] = [(k.decode("latin-1").lower(), v.decode("latin-1"))
-                                     for k, v in req.headers]
-            for name, conds in rule.headers:
-                value = _single(parsed["headers"], name, "header")
-                reasons += self._conditions(rule, f"header {name}", conds, value)
-        if rule.json and not reasons:
-            if req.body is None:
-                raise NeedBody
-            if "json" not in parsed:
-                parsed["json"] = parse_json_body(req.body)
-            for jpath, steps, conds in rule.json:
-                value = _json_lookup(parsed["json"], steps)
-                reasons += self._conditions(rule, f"json {jpath}", conds, value)
-        return reasons
-
-    @staticmethod
-    def _conditions(rule: Rule, label: str, conds: tuple[Condition, ...], value: Any) -> list[str]:
-        for cond in conds:
-            verdict = cond.test(value)
-            if verdict is None:
-                # Unknowable (wrong type): protective rules match, allow rules do not.
-                verdict = rule.action != "allow"
-            if not verdict:
-                shown = "absent" if value is _ABSENT else found(value)
-                return [f"{label} is {shown}, which fails {cond.op} {cond.operand!r}"]
-        return []
-
-    def match(self, req: RequestView) -> Rule | None:
-        """First rule that matches, or None for default_action; may raise NeedBody."""
-        parsed: dict[str, Any] = {}
-        for rule in self.rules:
-            if not self._evaluate(rule, req, parsed):
-                return rule
-        return None
-
-    def explain(self, req: RequestView) -> tuple[Rule | None, list[tuple[Rule, list[str]]]]:
-        parsed: dict[str, Any] = {}
-        misses: list[tuple[Rule, list[str]]] = []
-        for rule in self.rules:
-            try:
-                reasons = self._evaluate(rule, req, parsed)
-            except NeedBody:
-                reasons = ["its JSON conditions need a request body (pass --json)"]
-            if not reasons:
-                return rule, misses
-            misses.append((rule, reasons))
-        return None, misses
-
-
-# ---------------------------------------------------------------- loading
 
 
 def _conditions(reader: Reader, key: str, value: Any) -> tuple[Condition, ...] | None:
@@ -461,9 +317,16 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def load_policy(path: Path, *, default_action: Literal["allow", "deny"],
-                known_factors: set[str], case_insensitive: bool = False,
-                base: Path | None = None, errors: list[str] | None = None) -> Policy:
+@dataclass(frozen=True)
+class RuleSet:
+    """The rules of every policy file, in order, and the files they came from."""
+
+    rules: tuple[Rule, ...]
+    sources: tuple[str, ...]
+
+
+def load_rules(path: Path, *, known_factors: set[str], case_insensitive: bool = False,
+               base: Path | None = None, errors: list[str] | None = None) -> RuleSet:
     """Read a file or a folder of YAML rules. Raises ConfigError listing every problem."""
     own = errors is None
     errs: list[str] = [] if errors is None else errors
@@ -517,8 +380,4 @@ def load_policy(path: Path, *, default_action: Literal["allow", "deny"],
             rules.append(rule)
     if own and errs:
         raise ConfigError(errs)
-    return Policy(rules, default_action, sources)
-
-
-__all__ = ["Policy", "Rule", "Requirement", "RequestView", "NeedBody", "load_policy",
-           "compile_path", "ConfigError", "Problem"]
+    return RuleSet(tuple(rules), tuple(sources))

@@ -16,8 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
-from .store import ReserveResult, Store, StoreUnavailable
-from .tokens import Token
+from gateway.decision.tokens import Token
+from gateway.store import ReserveResult, Store, StoreUnavailable
 
 log = logging.getLogger("stepgate")
 

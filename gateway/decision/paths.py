@@ -7,7 +7,7 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from .problems import Problem
+from gateway.problems import Problem
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Bytes an RFC 3986 path may hold literally; everything else must arrive percent-encoded.

@@ -7,18 +7,18 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from .admin import Admin
-from .factors.delivered import DeliveredFactor
-from .paths import CanonicalPath
-from .policies import Rule
-from .problems import Headers, Problem, bad_request, not_found
-from .selfservice import RESERVATION, SelfService
-from .store import ChallengeRecord, FactorRecord
-from .tokens import Ticket
-from .wire import JSON_LIMIT, STARTED, Receive, Scope, Send, field, header, read_json, send_json
+from gateway.api.admin import Admin
+from gateway.api.selfservice import RESERVATION, SelfService
+from gateway.config.rules import Rule
+from gateway.decision.paths import CanonicalPath
+from gateway.decision.tokens import Ticket
+from gateway.factors.delivered import DeliveredFactor
+from gateway.http.wire import JSON_LIMIT, STARTED, Receive, Scope, Send, field, header, read_json, send_json
+from gateway.problems import Headers, Problem, bad_request, not_found
+from gateway.store import ChallengeRecord, FactorRecord
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from gateway.http.app import Gateway
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
 

@@ -1,0 +1,1 @@
+"""The gateway's own endpoints under the prefix: handshake, self-service and admin."""

@@ -1,0 +1,1 @@
+"""Deciding a request: canonical paths, policies, identity, tokens and their uses."""
