@@ -80,7 +80,7 @@ class Admin:
             hmac.new(b"stepgate-admin", given.strip(), "sha256").digest(),
             hmac.new(b"stepgate-admin", key, "sha256").digest())
         if not ok:
-            raise Problem(401, "unauthenticated", "Admin key required",
+            raise Problem("unauthenticated",
                           headers=[(b"www-authenticate", b'Bearer realm="stepgate-admin"')])
 
     async def user_factors(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,

@@ -14,7 +14,7 @@ from gateway.decision.paths import CanonicalPath
 from gateway.decision.tokens import Ticket
 from gateway.factors.delivered import DeliveredFactor
 from gateway.http.wire import JSON_LIMIT, STARTED, Receive, Scope, Send, field, header, read_json, send_json
-from gateway.problems import Headers, Problem, bad_request, not_found
+from gateway.problems import Headers, Problem, bad_request, not_found, retry_later
 from gateway.store import ChallengeRecord, FactorRecord
 
 if TYPE_CHECKING:
@@ -27,8 +27,7 @@ def unauthenticated(gw: Gateway) -> Problem:
     headers: Headers = []
     if gw.identity is not None and gw.identity.challenge:
         headers.append((b"www-authenticate", gw.identity.challenge))
-    return Problem(401, "unauthenticated", "Authentication required",
-                   detail="send the same credentials as for the protected request",
+    return Problem("unauthenticated", detail="send the same credentials as for the protected request",
                    headers=headers)
 
 
@@ -40,7 +39,7 @@ def require_json(headers: Any) -> None:
     ctype = (header(headers, b"content-type") or b"").split(b";")[0].strip().lower()
     if ctype != b"application/json" and not (ctype.startswith(b"application/") and
                                               ctype.endswith(b"+json")):
-        raise Problem(415, "unsupported-media-type", "Unsupported media type",
+        raise Problem("unsupported-media-type",
                       detail="expected Content-Type application/json (an empty body is "
                       "allowed where the body is optional)")
 
@@ -50,18 +49,11 @@ def invalid_ticket() -> Problem:
                        "request for a fresh one", "invalid-ticket")
 
 
-def too_many(name: str, title: str, retry_after: float, detail: str) -> Problem:
-    seconds = max(1, int(retry_after + 0.999))
-    return Problem(429, name, title, detail=detail, retry_after=seconds,
-                   headers=[(b"retry-after", str(seconds).encode())])
-
-
 def locked(retry_after: float | None) -> Problem:
     if retry_after is not None:
-        return too_many("locked", "Too many failed attempts", retry_after,
+        return retry_later("locked", retry_after,
                         "second-factor attempts for this account are paused")
-    return Problem(429, "locked", "Too many failed attempts",
-                   detail="second-factor attempts for this account are locked until an "
+    return Problem("locked", detail="second-factor attempts for this account are locked until an "
                    "administrator unlocks it")
 
 
@@ -95,8 +87,7 @@ class Endpoints:
             handler = methods.get(scope["method"])
             if handler is None:
                 allow = ", ".join(methods).encode()
-                raise Problem(405, "method-not-allowed", "Method not allowed",
-                              headers=[(b"allow", allow)])
+                raise Problem("method-not-allowed", headers=[(b"allow", allow)])
             async def tracking_send(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     scope[STARTED] = True
@@ -157,7 +148,7 @@ class Endpoints:
         if await gw.store.hit(key, t.send_window, now) > t.sends_per_window:
             await gw.store.hit(key, t.send_window, now, amount=-1)
             window_end = (int(now // t.send_window) + 1) * t.send_window
-            raise too_many("too-many-sends", "Too many codes sent", window_end - now,
+            raise retry_later("too-many-sends", window_end - now,
                            f"at most {t.sends_per_window} codes are sent per "
                            f"{int(t.send_window // 60)} minutes")
         try:
@@ -200,7 +191,7 @@ class Endpoints:
         counter = f"challenges:{user}"
         if await gw.store.hit(counter, t.challenge_window, now) > t.challenges_per_window:
             window_end = (int(now // t.challenge_window) + 1) * t.challenge_window
-            raise too_many("too-many-challenges", "Too many challenges", window_end - now,
+            raise retry_later("too-many-challenges", window_end - now,
                            "too many challenges were requested for this account")
         req = rule.require
         records = await gw.store.factors(user)
@@ -235,7 +226,7 @@ class Endpoints:
                 wait = previous.sent_at + t.resend_after - now
                 if wait > 0:
                     await gw.store.hit(counter, t.challenge_window, now, amount=-1)
-                    raise too_many("resend-too-soon", "Code sent recently", wait,
+                    raise retry_later("resend-too-soon", wait,
                                    "a code was sent for this challenge moments ago")
             record = next(r for r in records if r.type == factor and r.status == "active")
             try:
@@ -295,12 +286,12 @@ class Endpoints:
         now = gw.clock()
         state = self._state(ch)
         if state != "pending":
-            raise Problem(410, "challenge-gone", "Challenge no longer usable",
+            raise Problem("challenge-gone",
                           detail=f"the challenge is {state}; request a new one", state=state)
         ticket = gw.signer.read_ticket(ch.ticket, now)
         rule = self.requirement_rule(ticket.rule) if ticket else None
         if ticket is None or rule is None or rule.require is None:
-            raise Problem(410, "challenge-gone", "Challenge no longer usable",
+            raise Problem("challenge-gone",
                           detail="the challenge's ticket has expired; repeat the original request",
                           state="expired")
         records = await gw.store.factors(user)
@@ -309,14 +300,12 @@ class Endpoints:
             left = await gw.store.fail_challenge(ch.id)
             await self.failure(user, rule=rule.name, factor=ch.factor, challenge_left=left)
             if left <= 0:
-                raise Problem(410, "challenge-gone", "Challenge no longer usable",
-                              detail="too many wrong codes; request a new challenge",
+                raise Problem("challenge-gone", detail="too many wrong codes; request a new challenge",
                               state="failed", attempts_left=0)
-            raise Problem(403, "wrong-code", "Wrong code", detail="the code is not valid",
+            raise Problem("wrong-code", detail="the code is not valid",
                           attempts_left=left)
         if not await gw.store.verify_challenge(ch.id):
-            raise Problem(410, "challenge-gone", "Challenge no longer usable",
-                          detail="the challenge was already used", state="verified")
+            raise Problem("challenge-gone", detail="the challenge was already used", state="verified")
         await gw.store.reset_failures(user)
         if result.factor_id is not None:
             await gw.store.touch_factor(result.factor_id, now)

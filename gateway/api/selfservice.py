@@ -62,7 +62,7 @@ class SelfService:
         gw = self.gw
         if not active:
             if gw.settings.enrollment == "admin":
-                raise Problem(403, "enrollment-closed", "Enrolment closed",
+                raise Problem("enrollment-closed",
                               detail="an administrator enrols the first factor of an account")
             return
         rule = gw.manage_rule
@@ -84,7 +84,7 @@ class SelfService:
             return
         result = await gw.uses.reserve(token)
         if result == "busy":
-            raise Problem(409, "token-in-use", "Token in use")
+            raise Problem("token-in-use")
         if result == "used":
             raise gw.challenge(rule, user, bound, detail="token already used")
         scope[RESERVATION] = token.jti  # released by the dispatcher unless committed
@@ -180,8 +180,7 @@ class SelfService:
         gw = self.gw
         factor = gw.factors.get(channel)
         if not isinstance(factor, DeliveredFactor):
-            raise Problem(404, "unknown-factor", "Unknown factor",
-                          detail="no such delivered-code channel; GET "
+            raise Problem("unknown-factor", detail="no such delivered-code channel; GET "
                           f"{gw.prefix}/config lists them", factors=list(gw.factors))
         user, doc, _records = await self.managed(scope, receive, cp)
         address = field(doc, "address", max_len=256)
@@ -226,28 +225,26 @@ class SelfService:
         if record is None:
             raise not_found()
         if record.status != "pending":
-            raise Problem(409, "already-active", "Factor already active")
+            raise Problem("already-active")
         now = gw.clock()
         factor = gw.factors.get(record.type)
         if isinstance(factor, DeliveredFactor):
             ch = await gw.store.challenge(enrol_challenge_id(fid))
             if ch is None or ch.state != "pending" or ch.expires_at < now:
-                raise Problem(410, "challenge-gone", "Confirmation code no longer usable",
-                              detail="enrol the address again for a new code")
+                raise Problem("challenge-gone", detail="enrol the address again for a new code")
             ok = factor.check(ch, code) and await gw.store.verify_challenge(ch.id)
             if not ok:
                 left = await gw.store.fail_challenge(ch.id)
                 await self.ep.failure(user, factor=record.type, factor_id=fid, action="confirm")
                 if left <= 0:
-                    raise Problem(410, "challenge-gone", "Confirmation code no longer usable",
-                                  detail="too many wrong codes; enrol the address again")
-                raise Problem(403, "wrong-code", "Wrong code", detail="the code is not valid",
+                    raise Problem("challenge-gone", detail="too many wrong codes; enrol the address again")
+                raise Problem("wrong-code", detail="the code is not valid",
                               attempts_left=left)
         else:
             step = matching_step(gw.factors["totp"].secret_of(record), code, now)  # type: ignore[attr-defined]
             if step is None or not await gw.store.advance_step(record.id, step, now):
                 await self.ep.failure(user, factor=record.type, factor_id=fid, action="confirm")
-                raise Problem(403, "wrong-code", "Wrong code", detail="the code is not valid")
+                raise Problem("wrong-code", detail="the code is not valid")
         await gw.store.activate_factor(user, fid)
         await gw.store.reset_failures(user)
         await gw.audit.emit("factor_confirmed", user=user, factor=record.type, factor_id=fid)

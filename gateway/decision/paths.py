@@ -31,7 +31,7 @@ class CanonicalPath:
 
 
 def _bad(detail: str) -> Problem:
-    return Problem(400, "non-canonical-path", "Non-canonical request path", detail=detail)
+    return Problem("non-canonical-path", detail=detail)
 
 
 def _check_escapes(raw: bytes) -> None:

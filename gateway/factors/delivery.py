@@ -19,7 +19,7 @@ class DeliveryFailed(Problem):
     """The channel did not take the message: 502, and nothing is consumed."""
 
     def __init__(self, channel: str) -> None:
-        super().__init__(502, "delivery-failed", "Delivery failed",
+        super().__init__("delivery-failed",
                          detail=f"the gateway could not send a message over '{channel}'; "
                          "nothing was used up, try again later", channel=channel)
 

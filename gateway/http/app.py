@@ -49,7 +49,7 @@ GENERATION_TTL = 1.0
 
 
 def store_down() -> Problem:
-    return Problem(503, "store-unavailable", "Service unavailable",
+    return Problem("store-unavailable",
                    detail="the gateway cannot reach its store; protected routes are closed",
                    headers=[(b"retry-after", b"5")])
 
@@ -164,7 +164,7 @@ class Gateway:
                 # Our own fault: logged without request data, answered, never forwarded.
                 log.exception("internal error")
                 if STARTED not in scope:
-                    await send_problem(send, Problem(500, "internal-error", "Internal error"))
+                    await send_problem(send, Problem("internal-error"))
         elif kind == "lifespan":
             while True:
                 message = await receive()
@@ -229,15 +229,14 @@ class Gateway:
         if action == "deny" or rule is None or rule.require is None:
             await self.audit.emit("denied", rule=rule.name if rule else None, method=method,
                                   path=cp.raw)
-            raise Problem(403, "forbidden", "Forbidden",
-                          detail="the gateway's policy denies this request",
+            raise Problem("forbidden", detail="the gateway's policy denies this request",
                           rule=rule.name if rule else None)
         await self.protect(scope, receive, send, cp, rule, body, has_body)
 
     async def _buffer(self, receive: Receive, headers: Any) -> bytes:
         encoding = header(headers, b"content-encoding")
         if encoding and encoding.strip().lower() != b"identity":
-            raise Problem(415, "unsupported-media-type", "Unsupported media type",
+            raise Problem("unsupported-media-type",
                           detail="the gateway inspects this route's body and cannot read "
                           "an encoded (compressed) body")
         return await read_body(receive, headers, self.settings.max_body)
@@ -248,7 +247,7 @@ class Gateway:
         assert req is not None
         headers = scope["headers"]
         if method_override(headers):
-            raise Problem(400, "method-override", "Bad request",
+            raise Problem("method-override",
                           detail="method-override headers are refused on protected routes: "
                           "the upstream must act on the method the gateway decided on")
         user = await self.identify(scope)
@@ -311,8 +310,7 @@ class Gateway:
             return
         result = await self.uses.reserve(token)
         if result == "busy":
-            raise Problem(409, "token-in-use", "Token in use",
-                          detail="another request is using this token right now; retry when "
+            raise Problem("token-in-use", detail="another request is using this token right now; retry when "
                           "it has finished")
         if result == "used":
             await self.audit.emit("token_rejected", user=user, rule=rule.name,
@@ -381,7 +379,7 @@ class Gateway:
         return out
 
     def not_enrolled(self, req: Requirement) -> Problem:
-        return Problem(403, "factor-not-enrolled", "Second factor not enrolled",
+        return Problem("factor-not-enrolled",
                        detail="this route needs a second factor the account has not enrolled",
                        factors=list(req.factors), enroll_uri=f"{self.prefix}/factors")
 
@@ -411,7 +409,7 @@ class Gateway:
             extras["all_of"] = True
         if req.max_age is not None:
             extras["max_age"] = int(req.max_age)
-        return Problem(401, "second-factor-required", "Second factor required", detail=detail,
+        return Problem("second-factor-required", detail=detail,
                        headers=headers, **extras)
 
     # ------------------------------------------------------------------ forwarding
@@ -440,7 +438,7 @@ class Gateway:
                 raise
             except Exception as exc:  # noqa: BLE001 - any client-stack failure is a 502
                 log.warning("upstream request failed: %s", exc.__class__.__name__)
-                raise Problem(502, "upstream-unavailable", "Upstream unavailable",
+                raise Problem("upstream-unavailable",
                               detail="the gateway could not reach the upstream service") from None
             try:
                 if reservation is not None:
@@ -451,8 +449,7 @@ class Gateway:
                 try:
                     small = await resp.small_body()
                 except (TimeoutError, ConnectionError):
-                    raise Problem(502, "upstream-unavailable", "Upstream unavailable",
-                                  detail="the upstream response broke off") from None
+                    raise Problem("upstream-unavailable", detail="the upstream response broke off") from None
                 scope[STARTED] = True
                 await send({"type": "http.response.start", "status": resp.status,
                             "headers": headers})

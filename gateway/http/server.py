@@ -39,22 +39,19 @@ def _raw(problem: Problem, status_line: bytes) -> bytes:
                      b"connection: close\r\n\r\n", payload])
 
 
-_BAD_REQUEST = _raw(Problem(
-    400, "bad-framing", "Bad request",
-    detail="the HTTP request is malformed (its framing could be read two ways, or it "
+_BAD_REQUEST = _raw(Problem("bad-framing",
+                            detail="the HTTP request is malformed (its framing could be read two ways, or it "
            "does not parse)"), b"HTTP/1.1 400 Bad Request\r\n")
 
-_TOO_MANY = _raw(Problem(
-    503, "too-many-connections", "Too many connections",
-    detail="this client address holds too many open connections to the gateway",
+_TOO_MANY = _raw(Problem("too-many-connections",
+                         detail="this client address holds too many open connections to the gateway",
     headers=[(b"retry-after", b"1")]), b"HTTP/1.1 503 Service Unavailable\r\n")
 
 
 @functools.lru_cache(maxsize=8)
 def _timed_out(seconds: float) -> bytes:
-    return _raw(Problem(
-        408, "request-timeout", "Request timeout",
-        detail=f"the request line and headers did not arrive within {seconds:g}s"),
+    return _raw(Problem("request-timeout",
+                        detail=f"the request line and headers did not arrive within {seconds:g}s"),
         b"HTTP/1.1 408 Request Timeout\r\n")
 
 

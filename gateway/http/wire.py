@@ -114,8 +114,7 @@ def method_override(headers: Sequence[tuple[bytes, bytes]]) -> bool:
 
 
 def too_large(limit: int) -> Problem:
-    return Problem(413, "body-too-large", "Request body too large",
-                   detail=f"the body may hold at most {limit} bytes", max_body=limit)
+    return Problem("body-too-large", detail=f"the body may hold at most {limit} bytes", max_body=limit)
 
 
 async def read_body(receive: Receive, headers: Sequence[tuple[bytes, bytes]], limit: int) -> bytes:
@@ -180,8 +179,7 @@ async def read_json(receive: Receive, headers: Sequence[tuple[bytes, bytes]], *,
         raise bad_request("expected a JSON object body, found an empty body", "invalid-body")
     ctype = (header(headers, b"content-type") or b"").split(b";")[0].strip().lower()
     if ctype != b"application/json" and not ctype.endswith(b"+json"):
-        raise Problem(415, "unsupported-media-type", "Unsupported media type",
-                      detail="expected Content-Type application/json")
+        raise Problem("unsupported-media-type", detail="expected Content-Type application/json")
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -20,22 +20,19 @@ class UpstreamError(Problem):
 
 
 def upstream_unreachable(*, not_sent: bool = False) -> UpstreamError:
-    err = UpstreamError(502, "upstream-unavailable", "Upstream unavailable",
-                        detail="the gateway could not reach the upstream service")
+    err = UpstreamError("upstream-unavailable", detail="the gateway could not reach the upstream service")
     err.not_sent = not_sent
     return err
 
 
 def upstream_timeout(*, not_sent: bool = False) -> UpstreamError:
-    err = UpstreamError(504, "upstream-timeout", "Upstream timeout",
-                        detail="the upstream service did not answer in time")
+    err = UpstreamError("upstream-timeout", detail="the upstream service did not answer in time")
     err.not_sent = not_sent
     return err
 
 
 def upstream_busy() -> UpstreamError:
-    err = UpstreamError(503, "upstream-busy", "Upstream busy",
-                        detail="every connection to the upstream is in use; retry shortly",
+    err = UpstreamError("upstream-busy", detail="every connection to the upstream is in use; retry shortly",
                         headers=[(b"retry-after", b"1")])
     err.not_sent = True
     return err
