@@ -48,7 +48,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from gateway.decision.paths import canonicalize
-    from gateway.decision.policies import Policy, RequestView
+    from gateway.decision.policies import PolicyEngine, RequestView
     from gateway.problems import Problem
     s = _settings(args.config)
     path, _, query = args.path.partition("?")
@@ -65,7 +65,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     req = RequestView(args.method.upper(), cp.decoded, (args.host or "").lower(), query.encode(),
                       headers, body)
     try:
-        rule, misses = Policy(s.rules.rules, s.default_action).explain(req)
+        rule, misses = PolicyEngine(s.rules.rules, s.default_action).explain(req)
     except Problem as p:
         print(f"{args.method} {args.path}: rejected with {p.status}: {p.detail}")
         return 1
@@ -98,9 +98,8 @@ def _uvicorn_kwargs(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.api.admin import AdminKeyError
     from gateway.http.app import create_app
-    from gateway.keys import KeyError_
+    from gateway.keys import AdminKeyError, KeyError_
     s = _settings(args.config)
     workers = args.workers or s.workers
     kw = _uvicorn_kwargs(s, args)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.config.settings import KeySettings
+from gateway.config.settings import KeySettings, Settings
 
 MIN_SIGNING_KEY_LENGTH = 32
 
@@ -106,3 +106,30 @@ class KeyRing:
                 except Exception:
                     raise ValueError("sealed value does not open") from None
         raise ValueError("sealed value uses an unknown data key")
+
+
+MIN_KEY_LENGTH = 24
+
+
+class AdminKeyError(Exception):
+    pass
+
+
+def load_admin_key(settings: Settings) -> bytes | None:
+    """The admin API's bearer key from the environment or a file, or None when the admin
+    API is off."""
+    key = ""
+    if settings.admin_key_env:
+        key = os.environ.get(settings.admin_key_env, "").strip()
+    if not key and settings.admin_key_file is not None:
+        try:
+            key = settings.admin_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise AdminKeyError(f"admin.key_file: expected a readable file, found "
+                                f"{exc.strerror} at {settings.admin_key_file}") from None
+    if not key:
+        return None
+    if len(key) < MIN_KEY_LENGTH:
+        raise AdminKeyError(f"admin key: expected at least {MIN_KEY_LENGTH} characters, "
+                            f"found {len(key)}")
+    return key.encode()

@@ -3,6 +3,7 @@ a frozen clock. Covers what real time makes slow: expiry, lock backoff, replay w
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from gateway.audit import Audit
 from gateway.config.load import load_settings
 from gateway.http.app import Gateway, create_app
 from gateway.keys import KeyRing, generate_data_key, generate_signing_key
+from gateway.problems import Problem
 from gateway.proxy import HttpxForwarder
 from gateway.store import StoreUnavailable
 
@@ -181,9 +183,9 @@ async def test_lockout_backoff_and_hard_lock(env: Env) -> None:
             failures += 1
     assert r.status_code == 429 and r.headers["retry-after"] == "600"
     # a hard lock after 100 consecutive failures needs an administrator
-    await env.app.store.record_failure("bob", env.clock(), 10, 300, 3600, 100)
-    for _ in range(79):
-        await env.app.store.record_failure("bob", env.clock(), 10, 300, 3600, 100)
+    for _ in range(80):
+        with contextlib.suppress(Problem):
+            await env.app.context.regulator.failure("bob")
     env.clock.t += 10_000
     r = await env.client.post("/pay", json={}, auth=("bob", PW))
     ticket = r.json()["ticket"]
@@ -394,7 +396,7 @@ async def test_client_helper_with_async_client(env: Env) -> None:
 
 async def test_enrollment_admin_closes_self_enrolment(env: Env) -> None:
     import dataclasses
-    env.app.settings = dataclasses.replace(env.app.settings, enrollment="admin")
+    env.app.context.settings = dataclasses.replace(env.app.settings, enrollment="admin")
     r = await env.client.post(f"{P}/factors/totp", json={}, auth=("alice", PW))
     assert r.status_code == 403
     assert r.json()["type"] == "urn:stepgate:problem:enrollment-closed"
@@ -433,7 +435,7 @@ async def test_remembered_decisions_never_outlive_their_conditions(tmp_path: Any
             assert (await c.get("/mixed")).status_code == 200
             assert (await c.get("/mixed?admin=1")).status_code == 403
             assert (await c.get("/open/%2e%2e/x")).status_code == 400
-    assert list(app._decisions) == [("GET", b"/open/x", b"good.test")]
+    assert list(app.decider.engine.decisions.data) == [("GET", b"/open/x", b"good.test")]
     assert len(seen) == 4
     await app.shutdown()
 
@@ -471,7 +473,7 @@ async def test_only_a_request_that_never_left_gives_its_use_back(env: Env) -> No
         if exc is not None:
             raise exc
         return httpx.Response(200, json={"ok": True})
-    env.app.forwarder = HttpxForwarder("http://upstream.test",
+    env.app.relay.forwarder = HttpxForwarder("http://upstream.test",
                                        transport=httpx.MockTransport(upstream))
     for n, (failure, status, reusable) in enumerate([
             (httpx.ConnectError("refused"), 502, True),
@@ -501,7 +503,7 @@ async def test_a_session_token_needs_the_store_to_check_revocation(env: Env) -> 
     async def broken(*a: Any, **k: Any) -> Any:
         raise StoreUnavailable("down")
     env.app.store.generation = broken  # type: ignore[method-assign]
-    env.app.forget_generation("alice")  # past the generation cache's second
+    env.app.decider.forget_generation("alice")  # past the generation cache's second
     r = await env.client.get("/sess/b", auth=("alice", PW), headers=h)
     assert r.status_code == 503
     assert len(env.upstream) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.decision.policies import NeedBody, Policy, RequestView, load_policy
+from gateway.decision.policies import NeedBody, PolicyEngine, RequestView, load_policy
 from gateway.problems import Problem
 
 RULES = [
@@ -33,7 +33,7 @@ RULES = [
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> Policy:
+def policy(tmp_path_factory: pytest.TempPathFactory) -> PolicyEngine:
     d = tmp_path_factory.mktemp("pol")
     (d / "r.yaml").write_text(yaml.safe_dump({"rules": RULES}))
     return load_policy(d, default_action="deny", known_factors={"totp", "recovery"})
@@ -75,7 +75,7 @@ MATCHES = [
 
 
 @pytest.mark.parametrize("req,expected", MATCHES)
-def test_first_match(policy: Policy, req: RequestView, expected: str | None) -> None:
+def test_first_match(policy: PolicyEngine, req: RequestView, expected: str | None) -> None:
     try:
         rule = policy.match(req)
     except NeedBody:
@@ -83,7 +83,7 @@ def test_first_match(policy: Policy, req: RequestView, expected: str | None) -> 
     assert (rule.name if rule else None) == expected
 
 
-def test_body_is_requested_only_when_a_json_rule_is_reached(policy: Policy) -> None:
+def test_body_is_requested_only_when_a_json_rule_is_reached(policy: PolicyEngine) -> None:
     assert policy.match(view("GET", "/public/x")) is not None  # no body needed
     with pytest.raises(NeedBody):
         policy.match(view("POST", "/pay"))
@@ -96,7 +96,7 @@ def test_body_is_requested_only_when_a_json_rule_is_reached(policy: Policy) -> N
     view("POST", "/pay", body=b'not json'),
     view("POST", "/pay", body=b"[" * 100000 + b"]" * 100000),
 ])
-def test_ambiguous_or_unreadable_input_is_rejected(policy: Policy, req: RequestView) -> None:
+def test_ambiguous_or_unreadable_input_is_rejected(policy: PolicyEngine, req: RequestView) -> None:
     with pytest.raises(Problem) as err:
         policy.match(req)
     assert err.value.status == 400
@@ -112,7 +112,7 @@ def test_case_insensitive(tmp_path: Path) -> None:
     assert cs.match(view("GET", "/Admin/1")) is not None
 
 
-def test_explain_says_why_each_earlier_rule_missed(policy: Policy) -> None:
+def test_explain_says_why_each_earlier_rule_missed(policy: PolicyEngine) -> None:
     rule, misses = policy.explain(view("PATCH", "/accounts/7"))
     assert rule is not None and rule.name == "account"
     reasons = {r.name: why[0] for r, why in misses}

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import ChallengeRecord, FactorRecord, Store, StoreUnavailable, open_store
+from gateway.store import (
+    ChallengeRecord,
+    FactorRecord,
+    Store,
+    StoreUnavailable,
+    UserLock,
+    open_store,
+)
 
 
 @pytest.fixture(params=["sqlite"])
@@ -92,10 +99,7 @@ async def test_generations_revoke(store: Store) -> None:
     assert await store.generation("alice") == 2
     await store.unlock("alice")
     assert await store.generation("alice") == 3
-    for _ in range(2):  # the lockout that starts on the second failure revokes
-        await store.record_failure("bob", 1.0, 2, 60.0, 600.0, 100)
-    assert await store.generation("bob") == 1
-    await store.record_failure("bob", 2.0, 2, 60.0, 600.0, 100)  # no new lockout: no bump
+    await store.lock_user("bob", 60.0, False)  # a lockout revokes
     assert await store.generation("bob") == 1
 
 
@@ -113,27 +117,18 @@ async def test_the_store_has_a_stable_instance_id(tmp_path: Path) -> None:
     await other.close()
 
 
-async def test_lockout_backoff_doubles_then_hard_locks(store: Store) -> None:
-    lock = None
-    for i in range(1, 31):
-        lock = await store.record_failure("u", 1000.0, 10, 300, 3600, 100)
-        if i == 10:
-            assert lock.locked_until == 1300.0
-        if i == 20:
-            assert lock.locked_until == 1600.0
-    assert lock is not None and lock.locked_until == 2200.0 and not lock.hard
-    for _ in range(70):
-        lock = await store.record_failure("u", 5000.0, 10, 300, 3600, 100)
-    assert lock.hard and lock.failures == 100
+async def test_failures_count_and_locks_hold(store: Store) -> None:
+    assert [await store.add_failure("u") for _ in range(3)] == [1, 2, 3]
+    assert await store.user_lock("u") == UserLock(3, 0.0, False)
+    await store.lock_user("u", 1300.0, False)
+    await store.lock_user("u", 1200.0, False)  # a shorter lock never shortens a longer one
+    assert await store.user_lock("u") == UserLock(3, 1300.0, False)
+    await store.lock_user("u", 0.0, True)
     assert (await store.user_lock("u")).hard
     await store.reset_failures("u")
-    assert await store.user_lock("u") == (await store.user_lock("nobody"))
-
-
-async def test_backoff_is_capped(store: Store) -> None:
-    for _ in range(90):
-        lock = await store.record_failure("u", 0.0, 10, 300, 3600, 100)
-    assert lock.locked_until == 3600.0
+    assert await store.user_lock("u") == await store.user_lock("nobody") == UserLock(0, 0.0, False)
+    results = await asyncio.gather(*(store.add_failure("v") for _ in range(20)))
+    assert sorted(results) == list(range(1, 21))
 
 
 async def test_windowed_counter(store: Store) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import os
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -12,37 +10,11 @@ from urllib.parse import parse_qsl
 from gateway.api.selfservice import public
 from gateway.decision.paths import CanonicalPath
 from gateway.http.wire import Receive, Scope, Send, header, send_json
+from gateway.primitives import same_secret
 from gateway.problems import Problem, bad_request, not_found
 
 if TYPE_CHECKING:
     from gateway.api.handshake import Endpoints
-    from gateway.config.settings import Settings
-
-MIN_KEY_LENGTH = 24
-
-
-class AdminKeyError(Exception):
-    pass
-
-
-def load_admin_key(settings: Settings) -> bytes | None:
-    """The configured key, or None when the admin API is off."""
-    key = ""
-    if settings.admin_key_env:
-        key = os.environ.get(settings.admin_key_env, "").strip()
-    if not key and settings.admin_key_file is not None:
-        try:
-            key = settings.admin_key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise AdminKeyError(f"admin.key_file: expected a readable file, found "
-                                f"{exc.strerror} at {settings.admin_key_file}") from None
-    if not key:
-        return None
-    if len(key) < MIN_KEY_LENGTH:
-        raise AdminKeyError(f"admin key: expected at least {MIN_KEY_LENGTH} characters, "
-                            f"found {len(key)}")
-    return key.encode()
-
 
 def _time(value: str, name: str) -> float:
     try:
@@ -59,7 +31,7 @@ def _time(value: str, name: str) -> float:
 class Admin:
     def __init__(self, ep: Endpoints) -> None:
         self.ep = ep
-        self.gw = ep.gw
+        self.ctx = ep.ctx
 
     def routes(self) -> list[tuple[re.Pattern[str], dict[str, Any]]]:
         return [
@@ -70,25 +42,23 @@ class Admin:
         ]
 
     def authorize(self, scope: Scope) -> None:
-        key = self.gw.admin_key
+        key = self.ctx.admin_key
         if key is None:
             raise not_found()  # the admin API is off
         value = header(scope["headers"], b"authorization") or b""
         scheme, _, given = value.partition(b" ")
-        # compare_digest on equal-length digests: no early exit, no length oracle
-        ok = scheme.lower() == b"bearer" and hmac.compare_digest(
-            hmac.new(b"stepgate-admin", given.strip(), "sha256").digest(),
-            hmac.new(b"stepgate-admin", key, "sha256").digest())
+        ok = scheme.lower() == b"bearer" and same_secret(given.strip(), key)
         if not ok:
             raise Problem("unauthenticated",
                           headers=[(b"www-authenticate", b'Bearer realm="stepgate-admin"')])
 
     async def user_factors(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
                            user: str) -> None:
+        ctx = self.ctx
         self.authorize(scope)
-        store = self.gw.store
+        store = ctx.store
         lock = await store.user_lock(user)
-        now = self.gw.clock()
+        now = ctx.clock()
         await send_json(send, 200, {
             "user": user, "factors": [public(r) for r in await store.factors(user)],
             "recovery_codes_left": await store.recovery_codes_left(user),
@@ -97,21 +67,24 @@ class Admin:
 
     async def reset(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
                     user: str) -> None:
+        ctx = self.ctx
         self.authorize(scope)
-        removed = await self.gw.store.delete_user(user)  # revokes the user's tokens too
-        self.gw.forget_generation(user)
-        await self.gw.audit.emit("admin_reset", user=user, removed=removed)
+        removed = await ctx.store.delete_user(user)  # revokes the user's tokens too
+        ctx.decider.forget_generation(user)
+        await ctx.audit.emit("admin_reset", user=user, removed=removed)
         await send_json(send, 200, {"user": user, "removed": removed})
 
     async def unlock(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
                      user: str) -> None:
+        ctx = self.ctx
         self.authorize(scope)
-        await self.gw.store.unlock(user)  # revokes the user's tokens too
-        self.gw.forget_generation(user)
-        await self.gw.audit.emit("admin_unlocked", user=user)
+        await ctx.store.unlock(user)  # revokes the user's tokens too
+        ctx.decider.forget_generation(user)
+        await ctx.audit.emit("admin_unlocked", user=user)
         await send_json(send, 200, {"user": user, "locked": False})
 
     async def audit(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath) -> None:
+        ctx = self.ctx
         self.authorize(scope)
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         unknown = set(query) - {"user", "since", "until", "limit"}
@@ -123,5 +96,5 @@ class Admin:
         raw_limit = query.get("limit", "100")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
             raise bad_request("expected 'limit' between 1 and 1000", "invalid-query")
-        events = await self.gw.store.audit(query.get("user"), since, until, int(raw_limit))
+        events = await ctx.store.audit(query.get("user"), since, until, int(raw_limit))
         await send_json(send, 200, {"events": events})

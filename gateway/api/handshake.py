@@ -5,29 +5,39 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.api.admin import Admin
+from gateway.api.context import Context
 from gateway.api.selfservice import RESERVATION, SelfService
-from gateway.config.rules import Rule
 from gateway.decision.paths import CanonicalPath
 from gateway.decision.tokens import Ticket
 from gateway.factors.delivered import DeliveredFactor
-from gateway.http.wire import JSON_LIMIT, STARTED, Receive, Scope, Send, field, header, read_json, send_json
+from gateway.http.wire import (
+    JSON_LIMIT,
+    STARTED,
+    Receive,
+    Scope,
+    Send,
+    client_of,
+    field,
+    header,
+    read_json,
+    send_json,
+)
 from gateway.problems import Headers, Problem, bad_request, not_found, retry_later
 from gateway.store import ChallengeRecord, FactorRecord
-
-if TYPE_CHECKING:
-    from gateway.http.app import Gateway
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
 
 
-def unauthenticated(gw: Gateway) -> Problem:
+def unauthenticated(ctx: Context) -> Problem:
     headers: Headers = []
-    if gw.identity is not None and gw.identity.challenge:
-        headers.append((b"www-authenticate", gw.identity.challenge))
-    return Problem("unauthenticated", detail="send the same credentials as for the protected request",
+    identity = ctx.decider.identity
+    if identity is not None and identity.challenge:
+        headers.append((b"www-authenticate", identity.challenge))
+    return Problem("unauthenticated",
+                   detail="send the same credentials as for the protected request",
                    headers=headers)
 
 
@@ -49,17 +59,9 @@ def invalid_ticket() -> Problem:
                        "request for a fresh one", "invalid-ticket")
 
 
-def locked(retry_after: float | None) -> Problem:
-    if retry_after is not None:
-        return retry_later("locked", retry_after,
-                        "second-factor attempts for this account are paused")
-    return Problem("locked", detail="second-factor attempts for this account are locked until an "
-                   "administrator unlocks it")
-
-
 class Endpoints:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
         me = SelfService(self)
         admin = Admin(self)
         self.routes: list[tuple[re.Pattern[str], dict[str, Any]]] = [
@@ -77,7 +79,8 @@ class Endpoints:
         ]
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath) -> None:
-        rest = cp.decoded[len(self.gw.prefix):] or "/"
+        ctx = self.ctx
+        rest = cp.decoded[len(ctx.prefix):] or "/"
         if rest.endswith("/") and rest != "/":
             rest = rest[:-1]
         for rx, methods in self.routes:
@@ -88,6 +91,7 @@ class Endpoints:
             if handler is None:
                 allow = ", ".join(methods).encode()
                 raise Problem("method-not-allowed", headers=[(b"allow", allow)])
+
             async def tracking_send(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     scope[STARTED] = True
@@ -100,120 +104,82 @@ class Endpoints:
             finally:
                 jti = scope.pop(RESERVATION, None)
                 if jti is not None:  # the change failed: the token may be used again
-                    await self.gw.uses.settle(jti, "refused")
+                    await ctx.uses.settle(jti, "refused")
             return
         raise not_found()
 
     # ---------------------------------------------------------------- helpers
 
     async def user(self, scope: Scope) -> str:
-        user = await self.gw.identify(scope)
+        user = await self.ctx.decider.identify(scope["headers"], client_of(scope))
         if user is None:
-            raise unauthenticated(self.gw)
+            raise unauthenticated(self.ctx)
         return user
-
-    async def check_lock(self, user: str) -> None:
-        lock = await self.gw.store.user_lock(user)
-        if lock.hard:
-            raise locked(None)
-        now = self.gw.clock()
-        if lock.locked_until > now:
-            raise locked(lock.locked_until - now)
-
-    def requirement_rule(self, name: str) -> Rule | None:
-        if name == self.gw.manage_rule.name:
-            return self.gw.manage_rule
-        return self.gw.policy.by_name.get(name)
-
-    async def failure(self, user: str, **audit: Any) -> None:
-        """Count a wrong code against the user; answers 429 once the user is locked."""
-        t = self.gw.settings.throttle
-        now = self.gw.clock()
-        lock = await self.gw.store.record_failure(user, now, t.lock_after, t.lock_base, t.lock_max,
-                                                  t.hard_lock_after)
-        await self.gw.audit.emit("failed", user=user, failures=lock.failures, **audit)
-        if lock.hard or lock.locked_until > now:
-            self.gw.forget_generation(user)  # the lockout revoked the user's tokens
-            await self.gw.audit.emit("locked", user=user, hard=lock.hard,
-                                     until=None if lock.hard else round(lock.locked_until))
-            raise locked(None if lock.hard else lock.locked_until - now)
 
     async def deliver(self, user: str, factor: DeliveredFactor, record: FactorRecord,
                       challenge_id: str) -> str:
         """Send a code within the per-user send limit; a failed delivery is not counted."""
-        gw = self.gw
-        t = gw.settings.throttle
-        now = gw.clock()
-        key = f"sends:{user}"
-        if await gw.store.hit(key, t.send_window, now) > t.sends_per_window:
-            await gw.store.hit(key, t.send_window, now, amount=-1)
-            window_end = (int(now // t.send_window) + 1) * t.send_window
-            raise retry_later("too-many-sends", window_end - now,
-                           f"at most {t.sends_per_window} codes are sent per "
-                           f"{int(t.send_window // 60)} minutes")
+        ctx = self.ctx
+        await ctx.regulator.start_send(user)
         try:
             digest = await factor.send_code(record, challenge_id)
         except Problem:
-            await gw.store.hit(key, t.send_window, now, amount=-1)
-            await gw.audit.emit("delivery_failed", user=user, factor=factor.type)
+            await ctx.regulator.give_back_send(user)
+            await ctx.audit.emit("delivery_failed", user=user, factor=factor.type)
             raise
-        await gw.audit.emit("code_sent", user=user, factor=factor.type, factor_id=record.id)
+        await ctx.audit.emit("code_sent", user=user, factor=factor.type, factor_id=record.id)
         return digest
 
     # ---------------------------------------------------------------- config
 
     async def config(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath) -> None:
-        gw = self.gw
+        ctx = self.ctx
         await send_json(send, 200, {
-            "factors": list(gw.settings.factors), "token_header": gw.settings.token_header,
-            "prefix": gw.prefix, "enrollment": gw.settings.enrollment,
+            "factors": list(ctx.settings.factors), "token_header": ctx.settings.token_header,
+            "prefix": ctx.prefix, "enrollment": ctx.settings.enrollment,
         }, no_store=False)
 
     # ---------------------------------------------------------------- challenges
 
     async def create_challenge(self, scope: Scope, receive: Receive, send: Send,
                                cp: CanonicalPath) -> None:
-        gw = self.gw
+        ctx = self.ctx
         user = await self.user(scope)
         doc = await read_json(receive, scope["headers"], limit=JSON_LIMIT)
         raw_ticket = field(doc, "ticket")
         wanted = field(doc, "factor", required=False, max_len=64)
-        now = gw.clock()
+        now = ctx.clock()
         assert raw_ticket is not None
-        ticket = gw.signer.read_ticket(raw_ticket, now)
+        ticket = ctx.signer.read_ticket(raw_ticket, now)
         if ticket is None or ticket.user not in ("", user):
             raise invalid_ticket()
-        rule = self.requirement_rule(ticket.rule)
+        rule = ctx.decider.requirement_rule(ticket.rule)
         if rule is None or rule.require is None or rule.require.binding != ticket.binding:
             raise invalid_ticket()
-        await self.check_lock(user)
-        t = gw.settings.throttle
-        counter = f"challenges:{user}"
-        if await gw.store.hit(counter, t.challenge_window, now) > t.challenges_per_window:
-            window_end = (int(now // t.challenge_window) + 1) * t.challenge_window
-            raise retry_later("too-many-challenges", window_end - now,
-                           "too many challenges were requested for this account")
+        await ctx.regulator.check(user)
+        t = ctx.settings.throttle
+        await ctx.regulator.start_challenge(user)
         req = rule.require
-        records = await gw.store.factors(user)
-        left = await gw.store.recovery_codes_left(user)
-        available = [f for f in req.factors if f in gw.factors and
-                     gw.factors[f].available(records, left)]
+        records = await ctx.store.factors(user)
+        left = await ctx.store.recovery_codes_left(user)
+        available = [f for f in req.factors if f in ctx.factors and
+                     ctx.factors[f].available(records, left)]
         if wanted is not None:
             if wanted not in req.factors:
                 raise bad_request(f"this rule accepts {', '.join(req.factors)}, not '{wanted}'",
                                   "factor-not-allowed")
             if wanted not in available:
-                raise gw.not_enrolled(req)
+                raise ctx.decider.not_enrolled(req)
             factor = wanted
         else:
-            done = await gw.store.verified_factors(user, ticket.nonce) if req.all_of else set()
+            done = await ctx.store.verified_factors(user, ticket.nonce) if req.all_of else set()
             choices = [f for f in available if f not in done]
             if not choices:
-                raise gw.not_enrolled(req)
+                raise ctx.decider.not_enrolled(req)
             factor = choices[0]
-        impl = gw.factors[factor]
+        impl = ctx.factors[factor]
         cid = secrets.token_urlsafe(18)
-        ttl = gw.settings.challenge_ttl
+        ttl = ctx.settings.challenge_ttl
         sent_at = None
         digest: str | None = None
         started_id: str | None = None
@@ -221,114 +187,118 @@ class Endpoints:
         if isinstance(impl, DeliveredFactor):
             # Asking again for the same ticket and factor resends: a new code after
             # resend_after, and the old one stops working.
-            previous = await gw.store.latest_challenge(user, ticket.nonce, factor)
+            previous = await ctx.store.latest_challenge(user, ticket.nonce, factor)
             if previous is not None and previous.sent_at is not None:
                 wait = previous.sent_at + t.resend_after - now
                 if wait > 0:
-                    await gw.store.hit(counter, t.challenge_window, now, amount=-1)
+                    await ctx.regulator.give_back_challenge(user)
                     raise retry_later("resend-too-soon", wait,
-                                   "a code was sent for this challenge moments ago")
+                                      "a code was sent for this challenge moments ago")
             record = next(r for r in records if r.type == factor and r.status == "active")
             try:
                 digest = await self.deliver(user, impl, record, cid)
             except Problem:
-                await gw.store.hit(counter, t.challenge_window, now, amount=-1)
+                await ctx.regulator.give_back_challenge(user)
                 raise
             if previous is not None:
-                await gw.store.void_challenge(previous.id)
+                await ctx.store.void_challenge(previous.id)
             started_id, sent_at = record.id, now
             ttl = min(ttl, impl.ch.ttl)
             extra = {"hint": f"Code sent to {record.label}", "resend_after": int(t.resend_after)}
         else:
             started = await impl.start(user, records, cid)
             started_id, digest, extra = started.factor_id, started.code_hash, started.extra
-        await gw.store.add_challenge(ChallengeRecord(
+        await ctx.store.add_challenge(ChallengeRecord(
             id=cid, user=user, ticket_nonce=ticket.nonce, ticket=raw_ticket, factor=factor,
             factor_id=started_id, state="pending", attempts_left=t.challenge_attempts,
             created_at=now, expires_at=now + ttl, ticket_expires_at=ticket.expires,
             code_hash=digest, sent_at=sent_at))
-        await gw.audit.emit("challenge_created", user=user, rule=rule.name, factor=factor)
+        await ctx.audit.emit("challenge_created", user=user, rule=rule.name, factor=factor)
         body = {"challenge_id": cid, "factor": factor, "expires_in": int(ttl),
                 "attempts_left": t.challenge_attempts,
-                "verify_uri": f"{gw.prefix}/challenges/{cid}/verify"}
+                "verify_uri": f"{ctx.prefix}/challenges/{cid}/verify"}
         body.update(extra)
-        await send_json(send, 201, body, headers=[(b"location", f"{gw.prefix}/challenges/{cid}".encode())])
+        await send_json(send, 201, body, headers=[(b"location", f"{ctx.prefix}/challenges/{cid}".encode())])
 
     async def _own_challenge(self, user: str, cid: str) -> ChallengeRecord:
-        ch = await self.gw.store.challenge(cid) if _ID.match(cid) else None
+        ctx = self.ctx
+        ch = await ctx.store.challenge(cid) if _ID.match(cid) else None
         if ch is None or ch.user != user:
             raise not_found()  # unknown and foreign ids look the same (SPEC §3.3)
         return ch
 
     def _state(self, ch: ChallengeRecord) -> str:
-        if ch.state == "pending" and ch.expires_at < self.gw.clock():
+        ctx = self.ctx
+        if ch.state == "pending" and ch.expires_at < ctx.clock():
             return "expired"
         return ch.state
 
     async def challenge_state(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
                               cid: str) -> None:
+        ctx = self.ctx
         user = await self.user(scope)
         ch = await self._own_challenge(user, cid)
         await send_json(send, 200, {
             "challenge_id": ch.id, "factor": ch.factor, "state": self._state(ch),
             "attempts_left": ch.attempts_left,
-            "expires_in": max(0, int(ch.expires_at - self.gw.clock()))})
+            "expires_in": max(0, int(ch.expires_at - ctx.clock()))})
 
     async def verify(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
                      cid: str) -> None:
-        gw = self.gw
+        ctx = self.ctx
         user = await self.user(scope)
         doc = await read_json(receive, scope["headers"], limit=JSON_LIMIT)
         code = field(doc, "code", max_len=64)
         assert code is not None
         ch = await self._own_challenge(user, cid)
-        await self.check_lock(user)
-        now = gw.clock()
+        await ctx.regulator.check(user)
+        now = ctx.clock()
         state = self._state(ch)
         if state != "pending":
             raise Problem("challenge-gone",
                           detail=f"the challenge is {state}; request a new one", state=state)
-        ticket = gw.signer.read_ticket(ch.ticket, now)
-        rule = self.requirement_rule(ticket.rule) if ticket else None
+        ticket = ctx.signer.read_ticket(ch.ticket, now)
+        rule = ctx.decider.requirement_rule(ticket.rule) if ticket else None
         if ticket is None or rule is None or rule.require is None:
             raise Problem("challenge-gone",
                           detail="the challenge's ticket has expired; repeat the original request",
                           state="expired")
-        records = await gw.store.factors(user)
-        result = await gw.factors[ch.factor].verify(user, ch, records, code, now)
+        records = await ctx.store.factors(user)
+        result = await ctx.factors[ch.factor].verify(user, ch, records, code, now)
         if not result.ok:
-            left = await gw.store.fail_challenge(ch.id)
-            await self.failure(user, rule=rule.name, factor=ch.factor, challenge_left=left)
+            left = await ctx.store.fail_challenge(ch.id)
+            await ctx.regulator.failure(user, rule=rule.name, factor=ch.factor,
+                                        challenge_left=left)
             if left <= 0:
                 raise Problem("challenge-gone", detail="too many wrong codes; request a new challenge",
                               state="failed", attempts_left=0)
             raise Problem("wrong-code", detail="the code is not valid",
                           attempts_left=left)
-        if not await gw.store.verify_challenge(ch.id):
+        if not await ctx.store.verify_challenge(ch.id):
             raise Problem("challenge-gone", detail="the challenge was already used", state="verified")
-        await gw.store.reset_failures(user)
+        await ctx.regulator.success(user)
         if result.factor_id is not None:
-            await gw.store.touch_factor(result.factor_id, now)
-        await gw.audit.emit("verified", user=user, rule=rule.name, factor=ch.factor)
+            await ctx.store.touch_factor(result.factor_id, now)
+        await ctx.audit.emit("verified", user=user, rule=rule.name, factor=ch.factor)
         req = rule.require
         factors: tuple[str, ...] = (ch.factor,)
         if req.all_of:
-            done = await gw.store.verified_factors(user, ticket.nonce)
+            done = await ctx.store.verified_factors(user, ticket.nonce)
             remaining = [f for f in req.factors if f not in done]
             if remaining:
                 await send_json(send, 200, {"status": "verified", "remaining": remaining,
-                                            "challenge_uri": f"{gw.prefix}/challenges"})
+                                            "challenge_uri": f"{ctx.prefix}/challenges"})
                 return
             factors = tuple(f for f in req.factors if f in done)
-        minted = gw.signer.token(ticket=Ticket(ticket.nonce, user, ticket.rule, ticket.binding,
+        minted = ctx.signer.token(ticket=Ticket(ticket.nonce, user, ticket.rule, ticket.binding,
                                                ticket.expires, ticket.bound),
                                  scope=req.scope, factors=factors, verified_at=now, now=now,
                                  ttl=req.ttl, uses=req.uses,
-                                 generation=await gw.store.generation(user))
-        await gw.audit.emit("token_issued", user=user, rule=rule.name, binding=req.binding,
+                                 generation=await ctx.store.generation(user))
+        await ctx.audit.emit("token_issued", user=user, rule=rule.name, binding=req.binding,
                             factors=list(factors))
         await send_json(send, 200, {
-            "token": gw.signer.dump_token(minted), "token_header": gw.settings.token_header,
+            "token": ctx.signer.dump_token(minted), "token_header": ctx.settings.token_header,
             "expires_in": int(req.ttl), "binding": req.binding, "uses": req.uses or None,
             "status": "verified"})
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-from gateway.config.rules import ABSENT, Condition, Rule, load_rules
+from gateway.config.rules import ABSENT, Condition, Rule, RuleSet, load_rules
 from gateway.config.validate import ConfigError, found
+from gateway.decision.paths import CanonicalPath
+from gateway.primitives import BoundedCache
 from gateway.problems import Problem, bad_request
 
 
@@ -76,8 +78,13 @@ def _json_lookup(doc: Any, steps: tuple[str | int, ...]) -> Any:
     return cur
 
 
-class Policy:
-    """An ordered rule list; the first rule that matches decides."""
+CacheKey = tuple[str, bytes, bytes | None]
+
+
+class PolicyEngine:
+    """An ordered rule list (the first rule that matches decides) and the caches built on
+    it. The gateway holds one reference to an engine, so replacing the rules is one swap
+    and no request ever sees half of the old rules and half of the new."""
 
     def __init__(self, rules: Sequence[Rule], default_action: Literal["allow", "deny"],
                  sources: Sequence[str] = ()) -> None:
@@ -85,6 +92,23 @@ class Policy:
         self.default_action = default_action
         self.sources = list(sources)
         self.by_name = {r.name: r for r in rules}
+        # Decisions that depend only on (method, raw path, Host) are remembered: that holds
+        # up to the first rule with query, header or JSON conditions.
+        self.decisions: BoundedCache[CacheKey, tuple[CanonicalPath, Rule | None]] = BoundedCache()
+        self._position = {r.name: n for n, r in enumerate(self.rules)}
+        simple = next((n for n, r in enumerate(self.rules) if r.query or r.headers or r.json),
+                      len(self.rules))
+        # No rule has such conditions: the default decision depends on nothing else either.
+        self._simple = simple + 1 if simple == len(self.rules) else simple
+
+    @classmethod
+    def from_rules(cls, rules: RuleSet, default_action: Literal["allow", "deny"]) -> PolicyEngine:
+        return cls(rules.rules, default_action, rules.sources)
+
+    def remember(self, key: CacheKey, path: CanonicalPath, rule: Rule | None) -> None:
+        """Cache a match if it was decided by method, path and Host alone."""
+        if (self._position[rule.name] if rule else len(self.rules)) < self._simple:
+            self.decisions.put(key, (path, rule))
 
     def _evaluate(self, rule: Rule, req: RequestView, parsed: dict[str, Any]) -> list[str]:
         """Reasons the rule does not match; empty when it does."""
@@ -154,11 +178,11 @@ class Policy:
 
 
 def load_policy(path: Path, *, default_action: Literal["allow", "deny"], known_factors: set[str],
-                case_insensitive: bool = False) -> Policy:
+                case_insensitive: bool = False) -> PolicyEngine:
     """Rules from a file or folder, ready to match (raises ConfigError listing every problem)."""
     errors: list[str] = []
     rs = load_rules(path, known_factors=known_factors, case_insensitive=case_insensitive,
                     errors=errors)
     if errors:
         raise ConfigError(errors)
-    return Policy(rs.rules, default_action, rs.sources)
+    return PolicyEngine(rs.rules, default_action, rs.sources)

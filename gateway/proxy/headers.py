@@ -70,7 +70,7 @@ class HeaderPolicy:
         return hit
 
     def request(self, headers: Iterable[tuple[bytes, bytes]], *, client: str | None,
-                scheme: str, extra: StrHeaders) -> StrHeaders:
+                scheme: str, extra: Iterable[tuple[str, str]]) -> StrHeaders:
         """The upstream request's headers, as str pairs for the client stack.
 
         The client's hop-by-hop fields, including every field its Connection header

@@ -110,9 +110,11 @@ class Store(Protocol):
 
     # throttling
     async def user_lock(self, user: str) -> UserLock: ...
-    async def record_failure(self, user: str, now: float, lock_after: int, lock_base: float,
-                             lock_max: float, hard_after: int) -> UserLock:
-        """Count a failure; a lockout that starts here revokes the user's tokens."""
+    async def add_failure(self, user: str) -> int:
+        """Count one more consecutive failure; returns the count (atomic)."""
+        ...
+    async def lock_user(self, user: str, until: float, hard: bool) -> None:
+        """Lock until ``until`` (or for good); revokes the user's tokens."""
         ...
     async def reset_failures(self, user: str) -> None: ...
     async def unlock(self, user: str) -> None:

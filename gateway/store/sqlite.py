@@ -366,26 +366,20 @@ class SQLiteStore:
         return UserLock(row[0], row[1], bool(row[2])) if row else UserLock(0, 0.0, False)
 
     @_guard
-    def record_failure(self, user: str, now: float, lock_after: int, lock_base: float,
-                       lock_max: float, hard_after: int) -> UserLock:
+    def add_failure(self, user: str) -> int:
         with self._tx() as c:
-            row = c.execute("SELECT failures, locked_until, hard FROM user_locks WHERE user = ?",
-                            (user,)).fetchone()
-            failures, locked_until, hard = (row[0], row[1], bool(row[2])) if row else (0, 0.0, False)
-            failures += 1
-            locks = False
-            if failures >= hard_after:
-                locks = not hard
-                hard = True
-            elif failures % lock_after == 0:
-                # NIST SP 800-63B 5.2.2: back off, doubling from lock_base up to lock_max.
-                locked_until = now + min(lock_base * 2 ** (failures // lock_after - 1), lock_max)
-                locks = True
-            c.execute("INSERT OR REPLACE INTO user_locks VALUES (?, ?, ?, ?)",
-                      (user, failures, locked_until, int(hard)))
-            if locks:  # a lockout revokes the user's outstanding tokens too
-                self._bump(c, user)
-        return UserLock(failures, locked_until, hard)
+            c.execute("INSERT INTO user_locks (user, failures, locked_until, hard) VALUES "
+                      "(?, 1, 0, 0) ON CONFLICT(user) DO UPDATE SET failures = failures + 1",
+                      (user,))
+            row = c.execute("SELECT failures FROM user_locks WHERE user = ?", (user,)).fetchone()
+        return int(row[0])
+
+    @_guard
+    def lock_user(self, user: str, until: float, hard: bool) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE user_locks SET locked_until = MAX(locked_until, ?), "
+                      "hard = MAX(hard, ?) WHERE user = ?", (until, int(hard), user))
+            self._bump(c, user)  # a lockout revokes the user's outstanding tokens
 
     @_guard
     def reset_failures(self, user: str) -> None:

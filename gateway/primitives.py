@@ -1,0 +1,56 @@
+"""Small pieces with one home each: constant-time comparison, timestamps, bounded caches."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import time
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+_KEY = b"stepgate constant-time comparison"
+
+
+def same_secret(given: bytes | str, expected: bytes | str) -> bool:
+    """Whether two secrets are equal, in time independent of where they differ and of
+    their lengths: both sides are HMAC'd first, then compared with compare_digest."""
+    a = given.encode() if isinstance(given, str) else given
+    b = expected.encode() if isinstance(expected, str) else expected
+    return hmac.compare_digest(hmac.new(_KEY, a, hashlib.sha256).digest(),
+                               hmac.new(_KEY, b, hashlib.sha256).digest())
+
+
+@functools.lru_cache(maxsize=1024)
+def iso8601(ts: float) -> str:
+    """Epoch seconds as an ISO 8601 UTC timestamp (RFC 3339), to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class BoundedCache(Generic[K, V]):
+    """A dict that forgets everything once it holds ``size`` entries: the caches on the
+    hot path stay bounded whatever keys clients send, at the cost of a cold start."""
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.data: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        return self.data.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        if len(self.data) >= self.size:
+            self.data.clear()
+        self.data[key] = value
+
+    def pop(self, key: K) -> None:
+        self.data.pop(key, None)
+
+    def clear(self) -> None:
+        self.data.clear()
+
+    def __len__(self) -> int:
+        return len(self.data)
