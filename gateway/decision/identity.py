@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import bcrypt
 
@@ -242,15 +242,35 @@ class HeaderIdentitySource:
         return user if _USER.match(user) else None
 
 
-def make_identity(basic: BasicIdentity | None, header: HeaderIdentity | None,
-                  forwarder: Forwarder, header_policy: HeaderPolicy,
-                  clock: Callable[[], float] = time.time) -> IdentitySource | None:
+Builder = Callable[[Any, Any, Forwarder, HeaderPolicy, Callable[[], float]], IdentitySource]
+
+# The identity sources by the name the configuration gives them (SPEC §6); each builder takes
+# (basic settings, header settings, forwarder, header policy, clock).
+SOURCES: dict[str, Builder] = {
+    "header": lambda basic, header, fw, hp, clock: HeaderIdentitySource(header, hp),
+    "htpasswd": lambda basic, header, fw, hp, clock: HtpasswdIdentity(basic, clock),
+    "upstream_probe": lambda basic, header, fw, hp, clock: ProbeIdentity(basic, fw, clock),
+    "backend": lambda basic, header, fw, hp, clock: BackendIdentity(basic),
+}
+
+
+def source_name(basic: BasicIdentity | None, header: HeaderIdentity | None) -> str | None:
+    """Which registered source the identity settings name (None: no identity source)."""
     if header is not None:
-        return HeaderIdentitySource(header, header_policy)
+        return "header"
     if basic is None:
         return None
     if basic.htpasswd is not None:
-        return HtpasswdIdentity(basic, clock)
+        return "htpasswd"
     if basic.probe_path is not None:
-        return ProbeIdentity(basic, forwarder, clock)
-    return BackendIdentity(basic)
+        return "upstream_probe"
+    return "backend"
+
+
+def make_identity(basic: BasicIdentity | None, header: HeaderIdentity | None,
+                  forwarder: Forwarder, header_policy: HeaderPolicy,
+                  clock: Callable[[], float] = time.time) -> IdentitySource | None:
+    name = source_name(basic, header)
+    if name is None:
+        return None
+    return SOURCES[name](basic, header, forwarder, header_policy, clock)
