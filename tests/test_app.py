@@ -331,7 +331,12 @@ async def test_endpoints_need_the_first_factor(env: Env) -> None:
         assert r.headers["www-authenticate"] == 'Basic realm="unit", charset="UTF-8"'
     cfg = await env.client.get(f"{P}/config")
     assert cfg.json() == {"factors": ["totp", "recovery"], "token_header": "X-Stepgate-Token",
-                          "prefix": "/.stepgate", "enrollment": "open"}
+                          "prefix": "/.stepgate", "enrollment": "open", "factor_details": [
+                              {"type": "totp", "enrol": "POST /.stepgate/factors/totp",
+                               "confirm": "POST /.stepgate/factors/{id}/confirm",
+                               "answer": {"code": "the 6-digit code the authenticator app shows"}},
+                              {"type": "recovery", "enrol": "POST /.stepgate/recovery-codes",
+                               "answer": {"code": "one of the recovery codes, each usable once"}}]}
 
 
 async def test_management_needs_step_up_and_binds_to_the_change(env: Env) -> None:

@@ -45,13 +45,13 @@ async def test_factors_lifecycle(store: Store) -> None:
     assert await store.factors("alice") == []
 
 
-async def test_totp_steps_only_move_forward(store: Store) -> None:
+async def test_factor_counters_only_move_forward(store: Store) -> None:
     await store.add_factor(factor())
-    assert await store.advance_step("f1", 10, 1.0)
-    assert not await store.advance_step("f1", 10, 1.0)
-    assert not await store.advance_step("f1", 9, 1.0)
-    assert await store.advance_step("f1", 11, 1.0)
-    results = await asyncio.gather(*(store.advance_step("f1", 12, 1.0) for _ in range(10)))
+    assert await store.advance_counter("f1", 10, 1.0)
+    assert not await store.advance_counter("f1", 10, 1.0)
+    assert not await store.advance_counter("f1", 9, 1.0)
+    assert await store.advance_counter("f1", 11, 1.0)
+    results = await asyncio.gather(*(store.advance_counter("f1", 12, 1.0) for _ in range(10)))
     assert results.count(True) == 1
 
 
@@ -180,3 +180,40 @@ async def test_unusable_store_raises_store_unavailable(tmp_path: Path) -> None:
         await s.open()
     with pytest.raises(StoreUnavailable):
         await s.factors("alice")
+
+
+async def test_a_store_from_before_factor_data_keeps_its_factors(tmp_path: Path) -> None:
+    """A database at schema version 2 (sealed secrets in 'secret', TOTP steps in
+    'last_step') opens with its TOTP seeds and addresses readable, counters kept."""
+    import sqlite3
+
+    from gateway.factors.base import open_data
+    from gateway.keys import KeyRing, generate_data_key, generate_signing_key
+    from gateway.store.sqlite import MIGRATIONS
+
+    ring = KeyRing([generate_signing_key()], [generate_data_key()])
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (2)")
+    for script in MIGRATIONS[:2]:
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("INSERT INTO factors VALUES (?,?,?,?,?,?,?,?,?)",
+               ("f1", "alice", "totp", "active", "phone",
+                ring.encrypt(b"JBSWY3DPEHPK3PXP", "totp:alice:f1"), 1.0, None, 7))
+    db.execute("INSERT INTO factors VALUES (?,?,?,?,?,?,?,?,?)",
+               ("f2", "alice", "sms", "pending", "+33 ••• 78",
+                ring.encrypt(b"+33612345678", "address:alice:f2"), 2.0, 3.0, -1))
+    db.commit()
+    db.close()
+    s = open_store(f"sqlite:///{path}")
+    await s.open()
+    totp, sms = await s.factors("alice")
+    assert (totp.counter, totp.status, sms.last_used_at) == (7, "active", 3.0)
+    assert open_data(ring, totp.data, "secret", "totp:alice:f1") == "JBSWY3DPEHPK3PXP"
+    assert open_data(ring, sms.data, "address", "address:alice:f2") == "+33612345678"
+    assert not await s.advance_counter("f1", 7, 4.0)
+    assert await s.advance_counter("f1", 8, 4.0)
+    await s.close()

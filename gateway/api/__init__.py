@@ -1,1 +1,2 @@
-"""The gateway's own endpoints under the prefix: handshake, self-service and admin."""
+"""The gateway's own endpoints under the prefix (starlette): the handshake, self-service,
+admin and the OpenAPI document."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.audit import Audit
@@ -12,9 +12,7 @@ from gateway.decision.decide import Decider
 from gateway.decision.regulator import Regulator
 from gateway.decision.tokens import Signer
 from gateway.decision.uses import TokenUses
-from gateway.factors.base import Factor
-from gateway.factors.delivered import DeliveredFactor
-from gateway.factors.delivery import Deliverer
+from gateway.factors.base import Channel, Factor
 from gateway.keys import KeyRing
 from gateway.store import Store
 
@@ -31,8 +29,7 @@ class Context:
     regulator: Regulator
     uses: TokenUses
     factors: dict[str, Factor]  # every second factor a rule may name
-    channels: dict[str, DeliveredFactor]  # delivered-code channels, notification-only too
-    deliverers: dict[str, Deliverer]
+    channels: Mapping[str, Channel]  # delivered-code channels, notification-only ones too
     admin_key: bytes | None
     background: set[asyncio.Task[None]] = field(default_factory=set)
 

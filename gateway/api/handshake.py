@@ -1,5 +1,5 @@
-"""The gateway's own endpoints under the prefix: routing, the config document, and the
-challenge handshake (create, state, verify). Self-service and admin live beside it."""
+"""The config document and the challenge handshake (SPEC §3.2, §3.3): create a challenge
+for a ticket, read its state, verify the factor's answer for a token."""
 
 from __future__ import annotations
 
@@ -7,51 +7,26 @@ import re
 import secrets
 from typing import Any
 
-from gateway.api.admin import Admin
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.bodies import parse
+from gateway.api.common import answer, start, user_of
 from gateway.api.context import Context
-from gateway.api.selfservice import RESERVATION, SelfService
-from gateway.decision.paths import CanonicalPath
-from gateway.decision.tokens import Ticket
-from gateway.factors.delivered import DeliveredFactor
-from gateway.http.wire import (
-    JSON_LIMIT,
-    STARTED,
-    Receive,
-    Scope,
-    Send,
-    client_of,
-    field,
-    header,
-    read_json,
-    send_json,
+from gateway.api.models import (
+    Answer,
+    ChallengeCreate,
+    ChallengeCreated,
+    ChallengeState,
+    ConfigDoc,
+    FactorsRemaining,
+    TokenIssued,
 )
-from gateway.problems import Headers, Problem, bad_request, not_found, retry_later
-from gateway.store import ChallengeRecord, FactorRecord
+from gateway.decision.tokens import Ticket
+from gateway.problems import Problem, bad_request, not_found, retry_later
+from gateway.store import ChallengeRecord
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
-
-
-def unauthenticated(ctx: Context) -> Problem:
-    headers: Headers = []
-    identity = ctx.decider.identity
-    if identity is not None and identity.challenge:
-        headers.append((b"www-authenticate", identity.challenge))
-    return Problem("unauthenticated",
-                   detail="send the same credentials as for the protected request",
-                   headers=headers)
-
-
-def require_json(headers: Any) -> None:
-    """Every POST under the prefix acts on credentials, so it must declare a JSON body,
-    even an empty one: an HTML form can only send simple content types, and anything
-    else needs a CORS preflight the gateway never grants — with this, a cross-site form
-    riding on cached Basic credentials cannot change anything (CSRF)."""
-    ctype = (header(headers, b"content-type") or b"").split(b";")[0].strip().lower()
-    if ctype != b"application/json" and not (ctype.startswith(b"application/") and
-                                              ctype.endswith(b"+json")):
-        raise Problem("unsupported-media-type",
-                      detail="expected Content-Type application/json (an empty body is "
-                      "allowed where the body is optional)")
 
 
 def invalid_ticket() -> Problem:
@@ -59,98 +34,26 @@ def invalid_ticket() -> Problem:
                        "request for a fresh one", "invalid-ticket")
 
 
-class Endpoints:
+class Handshake:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        me = SelfService(self)
-        admin = Admin(self)
-        self.routes: list[tuple[re.Pattern[str], dict[str, Any]]] = [
-            (re.compile(r"^/config\Z"), {"GET": self.config}),
-            (re.compile(r"^/challenges\Z"), {"POST": self.create_challenge}),
-            (re.compile(r"^/challenges/([^/]+)\Z"), {"GET": self.challenge_state}),
-            (re.compile(r"^/challenges/([^/]+)/verify\Z"), {"POST": self.verify}),
-            (re.compile(r"^/factors\Z"), {"GET": me.list_factors}),
-            (re.compile(r"^/factors/totp\Z"), {"POST": me.enrol_totp}),
-            (re.compile(r"^/factors/([^/]+)/confirm\Z"), {"POST": me.confirm}),
-            (re.compile(r"^/factors/([^/]+)\Z"), {"POST": me.enrol_channel,
-                                                   "DELETE": me.delete_factor}),
-            (re.compile(r"^/recovery-codes\Z"), {"POST": me.recovery_codes}),
-            *admin.routes(),
-        ]
 
-    async def dispatch(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath) -> None:
+    async def config(self, request: Request) -> Response:
         ctx = self.ctx
-        rest = cp.decoded[len(ctx.prefix):] or "/"
-        if rest.endswith("/") and rest != "/":
-            rest = rest[:-1]
-        for rx, methods in self.routes:
-            m = rx.match(rest)
-            if m is None:
-                continue
-            handler = methods.get(scope["method"])
-            if handler is None:
-                allow = ", ".join(methods).encode()
-                raise Problem("method-not-allowed", headers=[(b"allow", allow)])
-
-            async def tracking_send(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    scope[STARTED] = True
-                await send(message)
-
-            if scope["method"] == "POST":
-                require_json(scope["headers"])
-            try:
-                await handler(scope, receive, tracking_send, cp, *m.groups())
-            finally:
-                jti = scope.pop(RESERVATION, None)
-                if jti is not None:  # the change failed: the token may be used again
-                    await ctx.uses.settle(jti, "refused")
-            return
-        raise not_found()
-
-    # ---------------------------------------------------------------- helpers
-
-    async def user(self, scope: Scope) -> str:
-        user = await self.ctx.decider.identify(scope["headers"], client_of(scope))
-        if user is None:
-            raise unauthenticated(self.ctx)
-        return user
-
-    async def deliver(self, user: str, factor: DeliveredFactor, record: FactorRecord,
-                      challenge_id: str) -> str:
-        """Send a code within the per-user send limit; a failed delivery is not counted."""
-        ctx = self.ctx
-        await ctx.regulator.start_send(user)
-        try:
-            digest = await factor.send_code(record, challenge_id)
-        except Problem:
-            await ctx.regulator.give_back_send(user)
-            await ctx.audit.emit("delivery_failed", user=user, factor=factor.type)
-            raise
-        await ctx.audit.emit("code_sent", user=user, factor=factor.type, factor_id=record.id)
-        return digest
-
-    # ---------------------------------------------------------------- config
-
-    async def config(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath) -> None:
-        ctx = self.ctx
-        await send_json(send, 200, {
-            "factors": list(ctx.settings.factors), "token_header": ctx.settings.token_header,
+        names = list(ctx.settings.factors)
+        return answer(ConfigDoc, {
+            "factors": names, "token_header": ctx.settings.token_header,
             "prefix": ctx.prefix, "enrollment": ctx.settings.enrollment,
+            "factor_details": [ctx.factors[n].describe(ctx.prefix) for n in names
+                               if n in ctx.factors],
         }, no_store=False)
 
-    # ---------------------------------------------------------------- challenges
-
-    async def create_challenge(self, scope: Scope, receive: Receive, send: Send,
-                               cp: CanonicalPath) -> None:
+    async def create_challenge(self, request: Request) -> Response:
         ctx = self.ctx
-        user = await self.user(scope)
-        doc = await read_json(receive, scope["headers"], limit=JSON_LIMIT)
-        raw_ticket = field(doc, "ticket")
-        wanted = field(doc, "factor", required=False, max_len=64)
+        user = await user_of(ctx, request)
+        body = await parse(request, ChallengeCreate)
         now = ctx.clock()
-        assert raw_ticket is not None
-        ticket = ctx.signer.read_ticket(raw_ticket, now)
+        ticket = ctx.signer.read_ticket(body.ticket, now)
         if ticket is None or ticket.user not in ("", user):
             raise invalid_ticket()
         rule = ctx.decider.requirement_rule(ticket.rule)
@@ -164,93 +67,84 @@ class Endpoints:
         left = await ctx.store.recovery_codes_left(user)
         available = [f for f in req.factors if f in ctx.factors and
                      ctx.factors[f].available(records, left)]
+        wanted = body.factor
         if wanted is not None:
             if wanted not in req.factors:
                 raise bad_request(f"this rule accepts {', '.join(req.factors)}, not '{wanted}'",
                                   "factor-not-allowed")
             if wanted not in available:
                 raise ctx.decider.not_enrolled(req)
-            factor = wanted
+            name = wanted
         else:
             done = await ctx.store.verified_factors(user, ticket.nonce) if req.all_of else set()
             choices = [f for f in available if f not in done]
             if not choices:
                 raise ctx.decider.not_enrolled(req)
-            factor = choices[0]
-        impl = ctx.factors[factor]
+            name = choices[0]
+        factor = ctx.factors[name]
         cid = secrets.token_urlsafe(18)
-        ttl = ctx.settings.challenge_ttl
-        sent_at = None
-        digest: str | None = None
-        started_id: str | None = None
-        extra: dict[str, Any] = {}
-        if isinstance(impl, DeliveredFactor):
+        previous: ChallengeRecord | None = None
+        if factor.delivers:
             # Asking again for the same ticket and factor resends: a new code after
             # resend_after, and the old one stops working.
-            previous = await ctx.store.latest_challenge(user, ticket.nonce, factor)
+            previous = await ctx.store.latest_challenge(user, ticket.nonce, name)
             if previous is not None and previous.sent_at is not None:
                 wait = previous.sent_at + t.resend_after - now
                 if wait > 0:
                     await ctx.regulator.give_back_challenge(user)
                     raise retry_later("resend-too-soon", wait,
                                       "a code was sent for this challenge moments ago")
-            record = next(r for r in records if r.type == factor and r.status == "active")
-            try:
-                digest = await self.deliver(user, impl, record, cid)
-            except Problem:
-                await ctx.regulator.give_back_challenge(user)
-                raise
-            if previous is not None:
-                await ctx.store.void_challenge(previous.id)
-            started_id, sent_at = record.id, now
-            ttl = min(ttl, impl.ch.ttl)
-            extra = {"hint": f"Code sent to {record.label}", "resend_after": int(t.resend_after)}
-        else:
-            started = await impl.start(user, records, cid)
-            started_id, digest, extra = started.factor_id, started.code_hash, started.extra
+        mine = [r for r in records if r.type == name and r.status == "active"]
+        try:
+            started = await start(ctx, user, factor, mine, cid)
+        except Problem:
+            await ctx.regulator.give_back_challenge(user)
+            raise
+        if previous is not None:
+            await ctx.store.void_challenge(previous.id)
+        ttl = ctx.settings.challenge_ttl
+        if started.ttl is not None:
+            ttl = min(ttl, started.ttl)
         await ctx.store.add_challenge(ChallengeRecord(
-            id=cid, user=user, ticket_nonce=ticket.nonce, ticket=raw_ticket, factor=factor,
-            factor_id=started_id, state="pending", attempts_left=t.challenge_attempts,
+            id=cid, user=user, ticket_nonce=ticket.nonce, ticket=body.ticket, factor=name,
+            factor_id=started.factor_id, state="pending", attempts_left=t.challenge_attempts,
             created_at=now, expires_at=now + ttl, ticket_expires_at=ticket.expires,
-            code_hash=digest, sent_at=sent_at))
-        await ctx.audit.emit("challenge_created", user=user, rule=rule.name, factor=factor)
-        body = {"challenge_id": cid, "factor": factor, "expires_in": int(ttl),
-                "attempts_left": t.challenge_attempts,
-                "verify_uri": f"{ctx.prefix}/challenges/{cid}/verify"}
-        body.update(extra)
-        await send_json(send, 201, body, headers=[(b"location", f"{ctx.prefix}/challenges/{cid}".encode())])
+            code_hash=started.code_hash, sent_at=now if factor.delivers else None))
+        await ctx.audit.emit("challenge_created", user=user, rule=rule.name, factor=name)
+        doc: dict[str, Any] = {"challenge_id": cid, "factor": name, "expires_in": int(ttl),
+                               "attempts_left": t.challenge_attempts,
+                               "verify_uri": f"{ctx.prefix}/challenges/{cid}/verify"}
+        doc.update(started.extra)
+        if factor.delivers:
+            doc["resend_after"] = int(t.resend_after)
+        return answer(ChallengeCreated, doc, 201,
+                      headers={"location": f"{ctx.prefix}/challenges/{cid}"})
 
     async def _own_challenge(self, user: str, cid: str) -> ChallengeRecord:
-        ctx = self.ctx
-        ch = await ctx.store.challenge(cid) if _ID.match(cid) else None
+        ch = await self.ctx.store.challenge(cid) if _ID.match(cid) else None
         if ch is None or ch.user != user:
             raise not_found()  # unknown and foreign ids look the same (SPEC §3.3)
         return ch
 
     def _state(self, ch: ChallengeRecord) -> str:
-        ctx = self.ctx
-        if ch.state == "pending" and ch.expires_at < ctx.clock():
+        if ch.state == "pending" and ch.expires_at < self.ctx.clock():
             return "expired"
         return ch.state
 
-    async def challenge_state(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
-                              cid: str) -> None:
+    async def challenge_state(self, request: Request) -> Response:
         ctx = self.ctx
-        user = await self.user(scope)
-        ch = await self._own_challenge(user, cid)
-        await send_json(send, 200, {
+        user = await user_of(ctx, request)
+        ch = await self._own_challenge(user, request.path_params["challenge_id"])
+        return answer(ChallengeState, {
             "challenge_id": ch.id, "factor": ch.factor, "state": self._state(ch),
             "attempts_left": ch.attempts_left,
             "expires_in": max(0, int(ch.expires_at - ctx.clock()))})
 
-    async def verify(self, scope: Scope, receive: Receive, send: Send, cp: CanonicalPath,
-                     cid: str) -> None:
+    async def verify(self, request: Request) -> Response:
         ctx = self.ctx
-        user = await self.user(scope)
-        doc = await read_json(receive, scope["headers"], limit=JSON_LIMIT)
-        code = field(doc, "code", max_len=64)
-        assert code is not None
-        ch = await self._own_challenge(user, cid)
+        user = await user_of(ctx, request)
+        reply = await parse(request, Answer)
+        ch = await self._own_challenge(user, request.path_params["challenge_id"])
         await ctx.regulator.check(user)
         now = ctx.clock()
         state = self._state(ch)
@@ -263,8 +157,12 @@ class Endpoints:
             raise Problem("challenge-gone",
                           detail="the challenge's ticket has expired; repeat the original request",
                           state="expired")
+        factor = ctx.factors.get(ch.factor)
+        if factor is None:  # the configuration no longer offers it
+            raise Problem("challenge-gone", detail="this factor is no longer offered",
+                          state="expired")
         records = await ctx.store.factors(user)
-        result = await ctx.factors[ch.factor].verify(user, ch, records, code, now)
+        result = await factor.verify(user, ch, records, reply.mapping(), now)
         if not result.ok:
             left = await ctx.store.fail_challenge(ch.id)
             await ctx.regulator.failure(user, rule=rule.name, factor=ch.factor,
@@ -272,8 +170,7 @@ class Endpoints:
             if left <= 0:
                 raise Problem("challenge-gone", detail="too many wrong codes; request a new challenge",
                               state="failed", attempts_left=0)
-            raise Problem("wrong-code", detail="the code is not valid",
-                          attempts_left=left)
+            raise Problem("wrong-code", detail="the code is not valid", attempts_left=left)
         if not await ctx.store.verify_challenge(ch.id):
             raise Problem("challenge-gone", detail="the challenge was already used", state="verified")
         await ctx.regulator.success(user)
@@ -286,9 +183,8 @@ class Endpoints:
             done = await ctx.store.verified_factors(user, ticket.nonce)
             remaining = [f for f in req.factors if f not in done]
             if remaining:
-                await send_json(send, 200, {"status": "verified", "remaining": remaining,
-                                            "challenge_uri": f"{ctx.prefix}/challenges"})
-                return
+                return answer(FactorsRemaining, {"status": "verified", "remaining": remaining,
+                                                 "challenge_uri": f"{ctx.prefix}/challenges"})
             factors = tuple(f for f in req.factors if f in done)
         minted = ctx.signer.token(ticket=Ticket(ticket.nonce, user, ticket.rule, ticket.binding,
                                                ticket.expires, ticket.bound),
@@ -297,8 +193,7 @@ class Endpoints:
                                  generation=await ctx.store.generation(user))
         await ctx.audit.emit("token_issued", user=user, rule=rule.name, binding=req.binding,
                             factors=list(factors))
-        await send_json(send, 200, {
+        return answer(TokenIssued, {
             "token": ctx.signer.dump_token(minted), "token_header": ctx.settings.token_header,
             "expires_in": int(req.ttl), "binding": req.binding, "uses": req.uses or None,
             "status": "verified"})
-

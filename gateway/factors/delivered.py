@@ -7,13 +7,18 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config.settings import ChannelSettings
 from gateway.factors.delivery import Deliverer
 from gateway.keys import KeyRing
+from gateway.problems import Problem, bad_request
 from gateway.store import ChallengeRecord, FactorRecord, Store
 
-from .base import Started, Verification
+from .base import Answer, Enrolment, Started, Verification, code_of, open_data, seal_data
 
 ADDRESS = {
     "e164": re.compile(r"\+[1-9][0-9]{6,14}"),
@@ -53,10 +58,40 @@ def _aad(user: str, factor_id: str) -> str:
 
 
 def seal_address(keys: KeyRing, user: str, factor_id: str, address: str) -> str:
-    return keys.encrypt(address.encode(), _aad(user, factor_id))
+    """The data document of a delivered-code factor: its address, sealed for this user and
+    factor."""
+    return seal_data(keys, _aad(user, factor_id), address=address)
+
+
+EXPECTED = {"e164": "a phone number in E.164 form like +33612345678", "email": "an e-mail address"}
+
+
+class AddressEnrol(BaseModel):
+    """Enrol an address on a delivered-code channel; a code is sent to it at once."""
+
+    address: str = Field(min_length=1, max_length=256,
+                         description="where codes go: a phone number in E.164 form, an e-mail "
+                         "address, or what the channel expects")
+
+
+class ChannelEnrolled(BaseModel):
+    """A pending delivered-code factor: confirm with the code sent to the address."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    type: str
+    status: Literal["pending"]
+    label: str = Field(description="the address, masked")
+    hint: str
+    expires_in: int = Field(description="seconds the code stays valid")
+    confirm_uri: str
 
 
 class DeliveredFactor:
+    delivers = True
+    enrol_body = AddressEnrol
+    enrolled = ChannelEnrolled
+
     def __init__(self, ch: ChannelSettings, store: Store, keys: KeyRing, deliverer: Deliverer,
                  issuer: str) -> None:
         self.ch = ch
@@ -70,14 +105,38 @@ class DeliveredFactor:
     def available(self, records: list[FactorRecord], recovery_left: int) -> bool:
         return any(r.type == self.type and r.status == "active" for r in records)
 
+    def describe(self, prefix: str) -> dict[str, Any]:
+        return {"type": self.type, "enrol": f"POST {prefix}/factors/{self.type}",
+                "address": EXPECTED.get(self.ch.address, "an address"),
+                "confirm": f"POST {prefix}/factors/{{id}}/confirm",
+                "answer": {"code": f"the {self.ch.digits}-digit code sent to the address"},
+                "delivers": True}
+
     def address_of(self, record: FactorRecord) -> str:
-        return self.keys.decrypt(record.secret, _aad(record.user, record.id)).decode()
+        return open_data(self.keys, record.data, "address", _aad(record.user, record.id))
+
+    async def send(self, address: str, message: str) -> None:
+        await self.deliverer.send(address, message)
 
     def message(self, code: str) -> str:
         minutes = max(1, int(self.ch.ttl // 60))
         return (f"Your {self.issuer} verification code is {code}. It expires in {minutes} "
                 f"minute{'s' if minutes != 1 else ''}. Nobody from {self.issuer} will ask you "
                 "for it.")
+
+    async def enrol(self, user: str, factor_id: str, body: Mapping[str, Any],
+                    now: float) -> Enrolment:
+        address = str(body["address"])
+        if not valid_address(self.ch.address, address):
+            raise bad_request(f"expected {EXPECTED.get(self.ch.address, 'an address')}",
+                              "invalid-address")
+        # Nothing is stored yet: the caller sends the first code before it keeps the
+        # record, so a failed delivery creates nothing (SPEC §8).
+        record = FactorRecord(id=factor_id, user=user, type=self.type, status="pending",
+                              label=mask(address),
+                              data=seal_address(self.keys, user, factor_id, address),
+                              created_at=now)
+        return Enrolment(record=record, reply={}, challenge=True)
 
     async def send_code(self, record: FactorRecord, challenge_id: str) -> str:
         """Deliver a fresh code for ``challenge_id``; returns its hash (DeliveryFailed on error)."""
@@ -86,9 +145,9 @@ class DeliveredFactor:
         return code_hash(self.keys, challenge_id, code)
 
     async def start(self, user: str, records: list[FactorRecord], challenge_id: str) -> Started:
-        record = next(r for r in records if r.type == self.type and r.status == "active")
+        record = next(r for r in records if r.type == self.type)
         digest = await self.send_code(record, challenge_id)
-        return Started(factor_id=record.id, code_hash=digest,
+        return Started(factor_id=record.id, code_hash=digest, ttl=self.ch.ttl,
                        extra={"hint": f"Code sent to {record.label}"})
 
     def check(self, challenge: ChallengeRecord, code: str) -> bool:
@@ -96,7 +155,13 @@ class DeliveredFactor:
             return False
         return hmac.compare_digest(code_hash(self.keys, challenge.id, code), challenge.code_hash)
 
+    async def confirm(self, record: FactorRecord, challenge: ChallengeRecord | None,
+                      answer: Answer, now: float) -> bool:
+        if challenge is None:
+            raise Problem("challenge-gone", detail="enrol the address again for a new code")
+        return self.check(challenge, code_of(answer))
+
     async def verify(self, user: str, challenge: ChallengeRecord, records: list[FactorRecord],
-                     code: str, now: float) -> Verification:
+                     answer: Answer, now: float) -> Verification:
         # Single use: the caller moves the challenge from pending to verified atomically.
-        return Verification(self.check(challenge, code), challenge.factor_id)
+        return Verification(self.check(challenge, code_of(answer)), challenge.factor_id)

@@ -7,19 +7,23 @@ import hmac
 import io
 import os
 import re
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import pyotp
 import segno
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.keys import KeyRing
-from gateway.store import ChallengeRecord, FactorRecord, Store
+from gateway.store import ChallengeRecord, FactorRecord, FactorStatus, Store
 
-from .base import Started, Verification
+from .base import Answer, Enrolment, Started, Verification, code_of, open_data, seal_data
 
 # ASCII digits only: \d would admit other scripts' digits, and $ a trailing newline.
 CODE = re.compile(r"[0-9]{6}")
 STEP = 30
 SECRET_BYTES = 20  # 160 bits, RFC 4226 §4 recommendation
+LABEL_MAX = 64
 
 
 def new_secret() -> str:
@@ -49,7 +53,8 @@ def _aad(user: str, factor_id: str) -> str:
 
 
 def seal(keys: KeyRing, user: str, factor_id: str, secret: str) -> str:
-    return keys.encrypt(secret.encode(), _aad(user, factor_id))
+    """The data document of a TOTP factor: its seed, sealed for this user and factor."""
+    return seal_data(keys, _aad(user, factor_id), secret=secret)
 
 
 def matching_step(secret: str, code: str, now: float) -> int | None:
@@ -65,34 +70,84 @@ def matching_step(secret: str, code: str, now: float) -> int | None:
     return found
 
 
+class TotpEnrol(BaseModel):
+    """Enrol an authenticator app; the body is optional."""
+
+    label: str | None = Field(None, min_length=1, max_length=LABEL_MAX,
+                              description="what the user calls the device; 'authenticator' "
+                              "when absent")
+
+
+class TotpEnrolled(BaseModel):
+    """A pending TOTP factor: scan ``qr_svg`` or type ``secret``, then confirm with a code."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    type: Literal["totp"]
+    status: Literal["pending"]
+    label: str
+    secret: str = Field(description="the base32 seed, shown once")
+    otpauth_uri: str = Field(description="the otpauth:// URI the QR code holds")
+    qr_svg: str = Field(description="the URI as a QR code, an SVG document")
+    confirm_uri: str
+
+
 class TotpFactor:
     type = "totp"
+    delivers = False
+    enrol_body = TotpEnrol
+    enrolled = TotpEnrolled
 
-    def __init__(self, store: Store, keys: KeyRing) -> None:
+    def __init__(self, store: Store, keys: KeyRing, issuer: str = "Stepgate") -> None:
         self.store = store
         self.keys = keys
+        self.issuer = issuer
+
+    def record(self, user: str, factor_id: str, secret: str, *, label: str, now: float,
+               status: FactorStatus = "active") -> FactorRecord:
+        """A TOTP record for ``secret`` (``stepgate users enrol-totp`` makes it active)."""
+        return FactorRecord(id=factor_id, user=user, type=self.type, status=status, label=label,
+                            data=seal(self.keys, user, factor_id, secret), created_at=now)
 
     def available(self, records: list[FactorRecord], recovery_left: int) -> bool:
-        return any(r.type == "totp" and r.status == "active" for r in records)
+        return any(r.type == self.type and r.status == "active" for r in records)
+
+    def describe(self, prefix: str) -> dict[str, Any]:
+        return {"type": self.type, "enrol": f"POST {prefix}/factors/totp",
+                "confirm": f"POST {prefix}/factors/{{id}}/confirm",
+                "answer": {"code": "the 6-digit code the authenticator app shows"}}
+
+    async def enrol(self, user: str, factor_id: str, body: Mapping[str, Any],
+                    now: float) -> Enrolment:
+        secret = new_secret()
+        uri = otpauth_uri(secret, user, self.issuer)
+        record = self.record(user, factor_id, secret, label=body.get("label") or "authenticator",
+                             now=now, status="pending")
+        return Enrolment(record=record,
+                         reply={"secret": secret, "otpauth_uri": uri, "qr_svg": qr_svg(uri)})
+
+    def secret_of(self, record: FactorRecord) -> str:
+        return open_data(self.keys, record.data, "secret", _aad(record.user, record.id))
+
+    async def check(self, record: FactorRecord, code: str, now: float) -> bool:
+        step = matching_step(self.secret_of(record), code, now)
+        # A code, or any earlier step's, accepted once is never accepted again (RFC 6238 §5.2).
+        return step is not None and await self.store.advance_counter(record.id, step, now)
+
+    async def confirm(self, record: FactorRecord, challenge: ChallengeRecord | None,
+                      answer: Answer, now: float) -> bool:
+        return await self.check(record, code_of(answer), now)
 
     async def start(self, user: str, records: list[FactorRecord], challenge_id: str) -> Started:
         return Started(extra={"hint": "Enter the code from your authenticator app"})
 
-    def secret_of(self, record: FactorRecord) -> str:
-        return self.keys.decrypt(record.secret, _aad(record.user, record.id)).decode()
-
-    async def check(self, record: FactorRecord, code: str, now: float) -> bool:
-        step = matching_step(self.secret_of(record), code, now)
-        # A code, or any earlier step's, accepted once is never accepted again.
-        return step is not None and await self.store.advance_step(record.id, step, now)
-
     async def verify(self, user: str, challenge: ChallengeRecord, records: list[FactorRecord],
-                     code: str, now: float) -> Verification:
+                     answer: Answer, now: float) -> Verification:
+        code = code_of(answer)
         if not CODE.fullmatch(code):
             return Verification(False)
         for record in records:
-            if record.type == "totp" and record.status == "active":
+            if record.type == self.type and record.status == "active":
                 if await self.check(record, code, now):
                     return Verification(True, record.id)
         return Verification(False)
-

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from gateway.api.context import Context
-from gateway.api.handshake import Endpoints
+from gateway.api.routes import Endpoints
 from gateway.audit import Audit
 from gateway.config.settings import Settings
 from gateway.decision.decide import Decider, View, store_down
@@ -19,11 +19,7 @@ from gateway.decision.policies import PolicyEngine
 from gateway.decision.regulator import Regulator
 from gateway.decision.tokens import Signer
 from gateway.decision.uses import TokenUses
-from gateway.factors.base import Factor
-from gateway.factors.delivered import DeliveredFactor
-from gateway.factors.delivery import deliverer
-from gateway.factors.recovery import RecoveryFactor
-from gateway.factors.totp import TotpFactor
+from gateway.factors.registry import registry
 from gateway.http.relay import Relay
 from gateway.http.wire import STARTED, ClientGone, Receive, Scope, Send, read_body, send_problem
 from gateway.keys import KeyRing, load_admin_key
@@ -56,22 +52,17 @@ class Gateway:
         if settings.header_identity is not None:
             own.append(settings.header_identity.name)
         self.headers = HeaderPolicy(own, settings.trusted_proxies)
-        deliverers = {ch.name: deliverer(ch) for ch in settings.channels}
-        channels = {ch.name: DeliveredFactor(ch, self.store, self.keys, deliverers[ch.name],
-                                             settings.totp_issuer) for ch in settings.channels}
-        factors: dict[str, Factor] = {"totp": TotpFactor(self.store, self.keys),
-                                      "recovery": RecoveryFactor(self.store)}
-        factors.update((n, f) for n, f in channels.items() if f.ch.second_factor)
+        factors = registry(settings, self.store, self.keys)
         self.decider = Decider(
             settings, PolicyEngine.from_rules(settings.rules, settings.default_action),
             store=self.store, signer=self.signer, audit=self.audit, clock=clock,
             identity=make_identity(settings.basic, settings.header_identity, self.forwarder,
                                    self.headers, clock),
-            factors=factors, uses=self.uses)
+            factors=factors.factors, uses=self.uses)
         self.context = Context(
             settings=settings, store=self.store, clock=clock, keys=self.keys, signer=self.signer,
-            audit=self.audit, decider=self.decider, uses=self.uses, factors=factors,
-            channels=channels, deliverers=deliverers, admin_key=load_admin_key(settings),
+            audit=self.audit, decider=self.decider, uses=self.uses, factors=factors.factors,
+            channels=factors.channels, admin_key=load_admin_key(settings),
             regulator=Regulator(self.store, clock, settings.throttle, self.audit,
                                 on_lock=self.decider.forget_generation))
         self.endpoints = Endpoints(self.context)

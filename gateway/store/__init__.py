@@ -3,6 +3,7 @@
 from .base import (
     ChallengeRecord,
     FactorRecord,
+    FactorStatus,
     ReserveResult,
     Store,
     StoreMissing,
@@ -20,5 +21,5 @@ def open_store(url: str, timeout: float = 2.0) -> Store:
     raise ValueError(f"unsupported store URL scheme in {url.split(':', 1)[0]!r}")
 
 
-__all__ = ["ChallengeRecord", "FactorRecord", "ReserveResult", "Store", "StoreMissing", "StoreUnavailable",
-           "UserLock", "open_store"]
+__all__ = ["ChallengeRecord", "FactorRecord", "FactorStatus", "ReserveResult", "Store",
+           "StoreMissing", "StoreUnavailable", "UserLock", "open_store"]

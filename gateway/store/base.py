@@ -22,17 +22,39 @@ class StoreMissing(Exception):
     """The store was created before and is gone; the gateway refuses to start afresh."""
 
 
+FactorStatus = Literal["pending", "active"]
+
+
 @dataclass(frozen=True)
 class FactorRecord:
+    """One enrolled factor. ``data`` is a JSON document the factor owns (a TOTP seed, a
+    delivered-code address, later a WebAuthn credential), its secrets sealed with the data
+    key ring; ``counter`` only moves forward (TOTP's last accepted step, a WebAuthn sign
+    counter), see ``Store.advance_counter``."""
+
     id: str
     user: str
     type: str
-    status: Literal["pending", "active"]
+    status: FactorStatus
     label: str
-    secret: str  # sealed with the data key ring; never plaintext
+    data: str
     created_at: float
     last_used_at: float | None = None
-    last_step: int = -1
+    counter: int = -1
+
+    def __init__(self, id: str, user: str, type: str, status: FactorStatus, label: str,
+                 data: str | None = None, created_at: float | None = None,
+                 last_used_at: float | None = None, counter: int = -1, *,
+                 secret: str | None = None) -> None:
+        # ``secret=`` is the name of ``data`` before schema version 3, kept so callers
+        # written against it (gateway/cli.py) keep working until they move to ``data=``.
+        data = data if data is not None else secret
+        if data is None or created_at is None:
+            raise TypeError("FactorRecord needs data and created_at")
+        for name, value in (("id", id), ("user", user), ("type", type), ("status", status),
+                            ("label", label), ("data", data), ("created_at", created_at),
+                            ("last_used_at", last_used_at), ("counter", counter)):
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -73,8 +95,10 @@ class Store(Protocol):
     async def delete_user(self, user: str) -> int:
         """Remove factors, recovery codes and lockout; revoke the user's tokens."""
         ...
-    async def advance_step(self, factor_id: str, step: int, now: float) -> bool:
-        """Record a TOTP step as used; False if it or a later step was used before."""
+    async def advance_counter(self, factor_id: str, value: int, now: float) -> bool:
+        """Move the factor's counter forward to ``value`` (and mark it used); False when the
+        counter already is at ``value`` or beyond: a TOTP step or a WebAuthn signature
+        accepted once is never accepted again (RFC 6238 §5.2, WebAuthn §6.1.1)."""
         ...
     async def touch_factor(self, factor_id: str, now: float) -> None: ...
 

@@ -62,7 +62,28 @@ MIGRATIONS: list[str] = [
     CREATE TABLE user_generations (user TEXT PRIMARY KEY, generation INTEGER NOT NULL);
     CREATE INDEX token_uses_expiry ON token_uses(expires_at);
     """,
+    # Factor data the factor owns instead of TOTP-shaped columns for every factor: the
+    # sealed secret becomes one member of a JSON document (still sealed with its old
+    # associated data, so it opens as before) and last_step a generic monotonic counter.
+    # Before this version a factor was either TOTP (a seed) or a delivered channel (an
+    # address). RENAME COLUMN needs SQLite 3.25, json_object the JSON1 functions (built in
+    # since 3.38, and in most builds before).
+    """
+    ALTER TABLE factors RENAME COLUMN secret TO data;
+    ALTER TABLE factors RENAME COLUMN last_step TO counter;
+    UPDATE factors SET data = json_object(CASE type WHEN 'totp' THEN 'secret' ELSE 'address' END,
+                                          data);
+    """,
 ]
+# Factor columns by name, never by position: a column a later migration adds cannot shift
+# the others.
+_FACTOR_COLUMNS = ("id", "user", "type", "status", "label", "data", "created_at", "last_used_at",
+                   "counter")
+_INSERT_FACTOR = ("INSERT INTO factors (id, user, type, status, label, data, created_at, "
+                  "last_used_at, counter) VALUES (:id, :user, :type, :status, :label, :data, "
+                  ":created_at, :last_used_at, :counter)")
+_SELECT_FACTORS = ("SELECT id, user, type, status, label, data, created_at, last_used_at, counter "
+                   "FROM factors WHERE user = ? ORDER BY created_at, id")
 SWEEP_EVERY = 60.0
 
 P = ParamSpec("P")
@@ -213,14 +234,12 @@ class SQLiteStore:
 
     @_guard
     def add_factor(self, f: FactorRecord) -> None:
-        self.conn.execute("INSERT INTO factors VALUES (?,?,?,?,?,?,?,?,?)", astuple(f))
+        self.conn.execute(_INSERT_FACTOR, {c: getattr(f, c) for c in _FACTOR_COLUMNS})
 
     @_guard
     def factors(self, user: str) -> list[FactorRecord]:
-        rows = self.conn.execute(
-            "SELECT id, user, type, status, label, secret, created_at, last_used_at, last_step "
-            "FROM factors WHERE user = ? ORDER BY created_at, id", (user,)).fetchall()
-        return [FactorRecord(*row) for row in rows]
+        rows = self.conn.execute(_SELECT_FACTORS, (user,)).fetchall()
+        return [FactorRecord(**dict(zip(_FACTOR_COLUMNS, row, strict=True))) for row in rows]
 
     @_guard
     def activate_factor(self, user: str, factor_id: str) -> bool:
@@ -243,10 +262,10 @@ class SQLiteStore:
         return int(n)
 
     @_guard
-    def advance_step(self, factor_id: str, step: int, now: float) -> bool:
+    def advance_counter(self, factor_id: str, value: int, now: float) -> bool:
         cur = self.conn.execute(
-            "UPDATE factors SET last_step = ?, last_used_at = ? WHERE id = ? AND last_step < ?",
-            (step, now, factor_id, step))
+            "UPDATE factors SET counter = ?, last_used_at = ? WHERE id = ? AND counter < ?",
+            (value, now, factor_id, value))
         return cur.rowcount == 1
 
     @_guard
