@@ -1,28 +1,61 @@
 """Policy rules as written: the validated, compiled rule set a configuration holds (loading
-reports every error at once, each with file, rule, key, expected and found)."""
+reports every error at once, each with file, rule, key, expected and found). The keys are
+declared once (config.fields) for the loader and for ``stepgate schema policies``."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
+from gateway.config.conditions import (
+    ABSENT,
+    JSON_PATH_NAMES,
+    Condition,
+    condition_map,
+    condition_schema,
+    conditions_schema,
+    json_conditions,
+)
+from gateway.config.fields import (
+    Choice,
+    Duration,
+    Group,
+    Integer,
+    Schema,
+    Strings,
+    Text,
+    anchored,
+    literal,
+    obj,
+)
 from gateway.config.validate import MISSING, ConfigError, Reader
 
 Action = Literal["allow", "deny", "require"]
+ACTIONS: tuple[str, ...] = get_args(Action)
 Binding = Literal["request", "route", "session"]
-BINDINGS = ("request", "route", "session")
+BINDINGS: tuple[str, ...] = get_args(Binding)
+DEFAULT_BINDING: Binding = "request"
 MAX_TTL = 15 * 60.0
 DEFAULT_TTL = {"request": 120.0, "route": 120.0, "session": 300.0}
-_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*\Z")
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
-_JSON_PATH = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])+)\Z")
-_JSON_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
-_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "present", "regex")
-ABSENT = object()  # a value the request does not carry
+RULE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+METHOD = r"[A-Z][A-Z0-9_-]*"
+FACTOR_NAME = r"[a-z][a-z0-9_-]*"
+# A path pattern: literal segments, {name} for one segment, and '**' last for any rest.
+# Written in the syntax Python and ECMA 262 share, so the JSON Schema uses it as is.
+_PARAM = r"\{[A-Za-z_][A-Za-z0-9_]*\}"
+_SEGMENT = rf"(?:{_PARAM}|(?!\.\.?(?:/|$))[^/{{}}*?#;\\%]+)"
+PATH_PATTERN = rf"/(?:{_SEGMENT}(?:/{_SEGMENT})*(?:/\*\*)?|\*\*)?"
+# Python's '$' also matches before a final newline; '\Z' is what ECMA 262's '$' means.
+_PATH = re.compile(PATH_PATTERN.replace("$", r"\Z"))
+_PARAM_NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+__all__ = ["ABSENT", "ACTIONS", "BINDINGS", "Condition", "Requirement", "Rule", "RuleSet",
+           "compile_path", "load_rules"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,62 +66,10 @@ class Requirement:
     ttl: float
     uses: int  # 0 means unlimited (session binding)
     scope: str
-    max_age: float | None
-    unenrolled: Literal["deny", "allow"]
-    challenge_style: Literal["secondfactor", "rfc9470"]
-    acr_values: str
-
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    """One comparison on a value taken from the query, a header or the JSON body."""
-
-    op: str
-    operand: Any
-
-    def test(self, value: Any) -> bool | None:
-        """True, False, or None when the value's type makes the answer unknowable."""
-        op = self.op
-        if op == "present":
-            return (value is not ABSENT) == self.operand
-        if value is ABSENT:
-            return op in ("ne", "not_in")
-        if op == "eq":
-            return bool(value == self.operand)
-        if op == "ne":
-            return bool(value != self.operand)
-        if op == "in":
-            return value in self.operand
-        if op == "not_in":
-            return value not in self.operand
-        if op == "regex":
-            if not isinstance(value, str):
-                return None
-            return self.operand.search(value) is not None
-        number = _as_number(value)
-        if number is None:
-            return None
-        if op == "gt":
-            return bool(number > self.operand)
-        if op == "gte":
-            return bool(number >= self.operand)
-        if op == "lt":
-            return bool(number < self.operand)
-        return bool(number <= self.operand)
-
-
-def _as_number(value: Any) -> float | None:
-    # An upstream that coerces "5000" to 5000 must not let a string dodge a step-up rule.
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
+    max_age: float | None = None
+    unenrolled: Literal["deny", "allow"] = "deny"
+    challenge_style: Literal["secondfactor", "rfc9470"] = "secondfactor"
+    acr_values: str = "urn:stepgate:2fa"
 
 
 @dataclass(slots=True)
@@ -114,7 +95,7 @@ def compile_path(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
     parts = pattern.split("/")[1:]
     out = []
     for i, seg in enumerate(parts):
-        m = _PARAM.match(seg)
+        m = _PARAM_NAME.fullmatch(seg)
         if seg == "**" and i == len(parts) - 1:
             out.append("(?:/.*)?")
             continue
@@ -131,133 +112,89 @@ def compile_path(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
 
 
 def _check_pattern(pattern: str) -> bool:
-    if not pattern.startswith("/"):
+    if not _PATH.fullmatch(pattern):
         return False
-    parts = pattern.split("/")[1:]
-    if pattern == "/":
-        return True
-    names = set()
-    for i, seg in enumerate(parts):
-        if seg == "**":
-            if i != len(parts) - 1:
-                return False
-            continue
-        m = _PARAM.match(seg)
-        if m:
-            if m.group(1) in names:
-                return False
-            names.add(m.group(1))
-            continue
-        if not seg or seg in (".", "..") or any(c in seg for c in "{}*?#;\\%"):
-            return False
-    return True
+    names = _PARAM_NAME.findall(pattern)
+    return len(names) == len(set(names))
 
 
-def _conditions(reader: Reader, key: str, value: Any) -> tuple[Condition, ...] | None:
-    if not isinstance(value, dict):
-        if isinstance(value, (str, int, float, bool)):
-            return (Condition("eq", value),)
-        reader.error(key, "a value or a mapping of operators", value)
-        return None
-    conds = []
-    for op, operand in value.items():
-        if op not in _OPERATORS:
-            reader.error(f"{key}.{op}", "one of " + ", ".join(repr(o) for o in _OPERATORS),
-                         op)
-            continue
-        if op in ("gt", "gte", "lt", "lte"):
-            if isinstance(operand, bool) or not isinstance(operand, (int, float)):
-                reader.error(f"{key}.{op}", "a number", operand)
-                continue
-            operand = float(operand)
-        elif op in ("in", "not_in"):
-            if not isinstance(operand, list):
-                reader.error(f"{key}.{op}", "a list", operand)
-                continue
-        elif op == "present":
-            if not isinstance(operand, bool):
-                reader.error(f"{key}.{op}", "true or false", operand)
-                continue
-        elif op == "regex":
-            try:
-                operand = re.compile(str(operand))
-            except re.error as exc:
-                reader.error(f"{key}.{op}", f"a regular expression ({exc})", operand)
-                continue
-        conds.append(Condition(op, operand))
-    return tuple(conds)
+FACTORS_EXPECTED = "a list of factor names, or {all_of: [...]}"
+RULE = Group(Rule, (
+    Text("name", pattern=RULE_NAME, expected="a name of letters, digits, '_', '.' or '-'",
+         doc="unique across every policy file"),
+    Choice("action", ACTIONS, optional=True,
+           doc="allow or deny; a rule with a 'require' section needs none"),
+))
+MATCH = Group(Rule, (
+    Strings("methods", item="upper-case HTTP methods", optional=True,
+            check=lambda m: bool(re.fullmatch(METHOD, m)), item_pattern=anchored(METHOD),
+            doc="absent: any method"),
+    Strings("paths", item="path patterns starting with '/' ({name} for a segment, "
+            "'**' last for any rest)", optional=True, check=_check_pattern,
+            item_pattern=anchored(PATH_PATTERN),
+            doc="matched on the canonical, percent-decoded path; absent: any path"),
+    Strings("hosts", item="host names", optional=True,
+            doc="exact names or '*.example.com'; port ignored"),
+))
+USES = Integer("uses", optional=True, doc="route binding: uses per token (default 1)")
+REQUIRE = Group(Requirement, (
+    Choice("binding", BINDINGS, derive=lambda _: DEFAULT_BINDING,
+           doc="request: one request, single use; route: any request this rule matches, "
+               "'uses' times; session: any request to rules sharing 'scope'"),
+    Duration("ttl", maximum=MAX_TTL, optional=True,
+             doc="token lifetime; default 2m, for session binding 5m"),
+    USES,
+    Text("scope", optional=True, doc="session binding only; default: the rule name"),
+    Duration("max_age", doc="the factor must have been verified within this time "
+             "(RFC 9470 max_age)"),
+    Choice("unenrolled", literal(Requirement, "unenrolled"),
+           doc="allow: forward users without an accepted factor (audited)"),
+    Choice("challenge_style", literal(Requirement, "challenge_style"),
+           doc="rfc9470 adds a Bearer error=\"insufficient_user_authentication\" challenge"),
+    Text("acr_values", doc="acr_values of the rfc9470 challenge"),
+))
 
 
-def _cond_map(match: Reader, key: str, lower: bool = False) -> tuple[Any, ...]:
-    raw = match.raw(key, None)
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict) or not raw:
-        match.error(key, "a mapping of names to conditions", raw)
-        return ()
-    out = []
-    for name, value in raw.items():
-        conds = _conditions(match, f"{key}.{name}", value)
-        if conds is not None:
-            out.append((str(name).lower() if lower else str(name), conds))
-    return tuple(out)
-
-
-def _json_conds(match: Reader) -> tuple[Any, ...]:
-    raw = match.raw("json", None)
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict) or not raw:
-        match.error("json", "a mapping of JSON paths like '$.amount' to conditions", raw)
-        return ()
-    out = []
-    for jpath, value in raw.items():
-        m = _JSON_PATH.match(str(jpath))
-        if not m:
-            match.error(f"json.{jpath}", "a JSON path like '$.amount' or '$.items[0].id'", jpath)
-            continue
-        steps = tuple(int(b) if b else a for a, b in _JSON_STEP.findall(m.group(1)))
-        conds = _conditions(match, f"json.{jpath}", value)
-        if conds is not None:
-            out.append((str(jpath), steps, conds))
-    return tuple(out)
-
-
-def _requirement(r: Reader, name: str, known_factors: set[str]) -> Requirement | None:
+def _factors(r: Reader, known_factors: set[str]) -> tuple[tuple[str, ...], bool]:
     factors_raw = r.raw("factors", None)
     all_of = False
-    factors: list[str] = []
-    expected = "a list of factor names, or {all_of: [...]}"
     if isinstance(factors_raw, dict) and set(factors_raw) == {"all_of"}:
         all_of = True
         factors_raw = factors_raw["all_of"]
-    if isinstance(factors_raw, list) and factors_raw and all(isinstance(f, str) for f in factors_raw):
-        factors = list(factors_raw)
-        unknown = [f for f in factors if f not in known_factors]
-        if unknown:
-            r.error("factors", "factors the configuration enables ("
-                    + ", ".join(sorted(known_factors)) + ")", ", ".join(unknown))
-        if len(set(factors)) != len(factors):
-            r.error("factors", "each factor once", factors_raw)
-    else:
-        r.error("factors", expected, r.data.get("factors", MISSING))
-    binding = r.choice("binding", BINDINGS, "request")
-    ttl = r.duration("ttl", DEFAULT_TTL.get(binding or "request", 120.0), maximum=MAX_TTL)
-    default_uses = 0 if binding == "session" else 1
-    uses = r.integer("uses", default_uses, minimum=1 if binding != "session" else 0)
+    if not (isinstance(factors_raw, list) and factors_raw
+            and all(isinstance(f, str) for f in factors_raw)):
+        r.error("factors", FACTORS_EXPECTED, r.data.get("factors", MISSING))
+        return (), all_of
+    unknown = [f for f in factors_raw if f not in known_factors]
+    if unknown:
+        r.error("factors", "factors the configuration enables ("
+                + ", ".join(sorted(known_factors)) + ")", ", ".join(unknown))
+    if len(set(factors_raw)) != len(factors_raw):
+        r.error("factors", "each factor once", factors_raw)
+    return tuple(factors_raw), all_of
+
+
+def _requirement(r: Reader, name: str, known_factors: set[str]) -> Requirement | None:
+    factors, all_of = _factors(r, known_factors)
+    binding = REQUIRE.one(r, "binding")
+    ttl = REQUIRE.one(r, "ttl", DEFAULT_TTL.get(binding or DEFAULT_BINDING))
+    # A session token is unlimited within its ttl (uses 0); the others count their uses.
+    session = binding == "session"
+    uses = dataclasses.replace(USES, minimum=0 if session else 1).read(
+        r, 0 if session else 1)
     if binding == "request" and uses not in (1, None):
         r.error("uses", "1 (a request-bound token is single use)", uses)
-    scope = r.string("scope", name)
-    if r.has("scope") and binding != "session":
+    scope = REQUIRE.one(r, "scope", name)
+    if r.has("scope") and not session:
         r.error("scope", "no scope (only session binding shares a scope)", r.data["scope"])
-    max_age = r.duration("max_age", None)
-    unenrolled = r.choice("unenrolled", ("deny", "allow"), "deny")
-    style = r.choice("challenge_style", ("secondfactor", "rfc9470"), "secondfactor")
-    acr = r.string("acr_values", "urn:stepgate:2fa")
+    max_age = REQUIRE.one(r, "max_age")
+    unenrolled = REQUIRE.one(r, "unenrolled")
+    style = REQUIRE.one(r, "challenge_style")
+    acr = REQUIRE.one(r, "acr_values")
     r.finish()
     if not r.ok:
         return None
-    return Requirement(tuple(factors), all_of, binding, ttl, uses or 0, scope, max_age,
+    return Requirement(factors, all_of, binding, ttl, uses or 0, scope, max_age,
                        unenrolled, style, acr)
 
 
@@ -268,23 +205,19 @@ def _rule(data: Any, index: int, source: str, errors: list[str], known_factors: 
     r = Reader(data, where, errors)
     if not r.ok:
         return None
-    name = r.string("name", pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-                    expected="a name of letters, digits, '_', '.' or '-'")
-    action = r.choice("action", ("allow", "deny", "require"), None)
+    name = RULE.one(r, "name")
+    action = RULE.one(r, "action")
     match = r.section("match", required=True)
     methods = paths = None
     hosts: list[str] = []
     query = headers = jconds = ()
     if match is not None:
-        methods = match.string_list("methods", None, item="upper-case HTTP methods",
-                                    check=lambda m: bool(_METHOD.match(m)))
-        paths = match.string_list(
-            "paths", None, item="path patterns starting with '/' ({name} for a segment, "
-            "'**' last for any rest)", check=_check_pattern)
-        hosts = match.string_list("hosts", [], item="host names")
-        query = _cond_map(match, "query")
-        headers = _cond_map(match, "headers", lower=True)
-        jconds = _json_conds(match)
+        methods = MATCH.one(match, "methods")
+        paths = MATCH.one(match, "paths")
+        hosts = MATCH.one(match, "hosts", [])
+        query = condition_map(match, "query")
+        headers = condition_map(match, "headers", lower=True)
+        jconds = json_conditions(match)
         match.finish()
     req_reader = r.section("require")
     requirement = None
@@ -381,3 +314,40 @@ def load_rules(path: Path, *, known_factors: set[str], case_insensitive: bool = 
     if own and errs:
         raise ConfigError(errs)
     return RuleSet(tuple(rules), tuple(sources))
+
+
+def _factor_list() -> Schema:
+    return {"type": "array", "minItems": 1, "uniqueItems": True,
+            "items": {"type": "string", "pattern": anchored(FACTOR_NAME)}}
+
+
+def _require_schema() -> Schema:
+    factors = {"description": "any one of a list, or {all_of: [...]} for each of them; "
+                              "totp, recovery or a channel configured under factors:",
+               "anyOf": [_factor_list(), obj({"all_of": _factor_list()}, ["all_of"])]}
+
+    def binding_is(*names: str) -> Schema:
+        return {"properties": {"binding": {"enum": list(names)}}, "required": ["binding"]}
+    return REQUIRE.schema(nullable=False, extra={"factors": factors}, required=["factors"],
+                          allOf=[
+        # Only session binding shares a scope; a request-bound token is single use.
+        {"if": binding_is("session"), "else": {"not": {"required": ["scope"]}}},
+        {"if": binding_is("route", "session"), "else": {"properties": {"uses": {"const": 1}}}},
+        {"if": binding_is("route"), "then": {"properties": {"uses": {"minimum": 1}}}},
+    ])
+
+
+def policy_file_schema() -> Schema:
+    """A policy file: ``rules``, each with ``match`` and either ``action: allow|deny`` or a
+    ``require`` section (docs/configuration.md, Policies)."""
+    match = MATCH.schema(required=[], extra={
+        "query": conditions_schema(), "headers": conditions_schema(),
+        "json": conditions_schema(JSON_PATH_NAMES)})
+    rule = RULE.schema(nullable=False, extra={"match": match, "require": _require_schema()},
+                       required=["name", "match"],
+                       **{"if": {"required": ["require"]},
+                          "then": {"properties": {"action": {"const": "require"}}},
+                          "else": {"required": ["action"],
+                                   "properties": {"action": {"enum": ["allow", "deny"]}}}})
+    return obj({"rules": {"type": "array", "items": rule}}, nullable=True,
+               **{"$defs": {"condition": condition_schema()}})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gateway.config.registry import ChannelKind
 from gateway.config.rules import RuleSet
 
 BUILTIN_FACTORS = ("totp", "recovery")
@@ -90,7 +91,7 @@ class ChannelSettings:
     """A delivered-code channel (sms, email, or any name): how its codes travel."""
 
     name: str
-    kind: Literal["command", "webhook", "smtp"]
+    kind: ChannelKind  # the registered delivery kinds (config.registry)
     command: tuple[str, ...] = ()
     webhook_url: str = ""
     webhook_headers: tuple[tuple[str, str], ...] = ()

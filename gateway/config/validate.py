@@ -6,9 +6,13 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)\Z")
+# Written once, without anchors, so the JSON Schema (config.fields) uses the same text;
+# JSON Schema patterns are ECMA 262 and unanchored, Python's fullmatch needs none.
+DURATION_PATTERN = r"(\d+(?:\.\d+)?)(ms|s|m|h|d)"
+SIZE_PATTERN = r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?"
+_DURATION = re.compile(DURATION_PATTERN)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\Z")
+_SIZE = re.compile(SIZE_PATTERN)
 _SIZE_UNITS = {
     None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
     "KB": 1000, "MB": 1000**2, "GB": 1000**3, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
@@ -22,6 +26,14 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+def listing(names: Iterable[str], last: str = "or") -> str:
+    """``'a', 'b' or 'c'``: how messages name the choices a registry offers."""
+    quoted = [repr(n) for n in names]
+    if len(quoted) < 2:
+        return "".join(quoted)
+    return f"{', '.join(quoted[:-1])} {last} {quoted[-1]}"
 
 
 def found(value: Any) -> str:
@@ -48,7 +60,7 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, (int, float)) and value >= 0:
         return float(value)
     if isinstance(value, str):
-        m = _DURATION.match(value.strip())
+        m = _DURATION.fullmatch(value.strip())
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     return None
@@ -60,7 +72,7 @@ def parse_size(value: Any) -> int | None:
     if isinstance(value, int) and value >= 0:
         return value
     if isinstance(value, str):
-        m = _SIZE.match(value.strip())
+        m = _SIZE.fullmatch(value.strip())
         if m:
             return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
     return None

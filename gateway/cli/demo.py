@@ -1,4 +1,5 @@
-"""A small legacy API to put the gateway in front of: a toy bank that knows nothing of 2FA."""
+"""The demo upstream (``stepgate demo-upstream``): a toy bank API that knows nothing of 2FA,
+to put the gateway in front of."""
 
 from __future__ import annotations
 

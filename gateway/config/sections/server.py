@@ -1,0 +1,161 @@
+"""Sections about serving and forwarding: ``listen``/``workers``, the gateway's own surface
+(realm, prefix, token header, trusted proxies), ``upstream``, ``paths``, ``limits`` with
+``max_body``, and ``evidence_headers``."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from urllib.parse import urlsplit
+
+from gateway.config.fields import (
+    Custom,
+    Duration,
+    Flag,
+    Group,
+    Integer,
+    Schema,
+    Size,
+    Text,
+)
+from gateway.config.sections.base import HEADER_NAME, Loading, Section, properties_of, read_group
+from gateway.config.settings import ClientLimits, EvidenceHeaders, Settings, UpstreamSettings
+from gateway.config.validate import Reader
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _listen(value: object) -> tuple[str, int] | None:
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def http_url(value: object) -> str | None:
+    """An http(s) URL without query or fragment, trailing slash removed."""
+    if not isinstance(value, str):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        return None
+    return value.rstrip("/")
+
+
+# What http_url accepts, for editors; the scheme is matched in any case as urlsplit does.
+HTTP_URL_SCHEMA: Schema = {"type": "string", "pattern": r"^[hH][tT][tT][pP][sS]?://[^/?#]+[^?#]*$"}
+
+
+def _networks(value: object) -> tuple[Network, ...] | None:
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        return None
+    try:
+        return tuple(ipaddress.ip_network(x, strict=False) for x in value)
+    except ValueError:
+        return None
+
+
+LISTEN = Group(Settings, (
+    Custom("listen", expected="host:port like '127.0.0.1:8080'", convert=_listen,
+           derive=lambda d: (d["listen_host"], d["listen_port"]),
+           show=lambda v: f"{v[0]}:{v[1]}", json={"type": "string", "pattern": r"^.+:\d{1,5}$"},
+           doc="host:port the gateway listens on"),
+    Integer("workers", minimum=1, maximum=64, doc="server processes (--workers overrides)"),
+))
+
+SURFACE = Group(Settings, (
+    Text("realm", pattern=r'[^"\\\r\n]+', expected="a realm without quotes or backslashes",
+         doc="realm of the challenges"),
+    Text("prefix", pattern=r"/[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*",
+         expected="a path like '/.stepgate' (no trailing slash)",
+         doc="the gateway's own endpoints; never forwarded"),
+    Text("token_header", pattern=HEADER_NAME, expected="an HTTP header name",
+         doc="where clients send tokens"),
+    Custom("trusted_proxies", expected="a list of CIDRs like '10.0.0.0/8'", convert=_networks,
+           show=lambda v: [str(n) for n in v],
+           json={"type": "array", "items": {"type": "string", "minLength": 1}},
+           doc="CIDRs whose X-Forwarded-*, Forwarded and identity headers are believed"),
+))
+
+UPSTREAM = Group(UpstreamSettings, (
+    Custom("url", expected="an http:// or https:// URL without query", convert=http_url,
+           json=HTTP_URL_SCHEMA, doc="the one upstream"),
+    Duration("connect_timeout", doc="per new connection"),
+    Duration("read_timeout", doc="per read; exceeded: 504"),
+    Integer("success_below", minimum=200, maximum=600,
+            doc="a token use is committed when the upstream status is below this"),
+    Integer("pool_size", minimum=1, maximum=10000, doc="upstream connections at most"),
+    Duration("pool_timeout", maximum=300,
+             doc="longest wait for a free upstream connection; then 503 upstream-busy"),
+))
+
+PATHS = Group(Settings, (
+    Flag("normalize", attr="normalize_paths",
+         doc="resolve '//' and dot segments instead of rejecting them"),
+    Flag("case_insensitive", doc="match paths ignoring case"),
+))
+
+LIMITS = Group(ClientLimits, (
+    Duration("header_timeout", maximum=600,
+             doc="the request line and headers must arrive within this; then 408; 0: off"),
+    Duration("body_timeout", maximum=3600,
+             doc="a request body may pause at most this long; 0: off"),
+    Integer("connections_per_client", minimum=0, maximum=1_000_000,
+            doc="concurrent connections per client address; 0: no cap"),
+))
+MAX_BODY = Group(Settings, (
+    Size("max_body", doc="largest body the gateway reads; 413 beyond"),
+))
+
+EVIDENCE = Group(EvidenceHeaders, tuple(
+    Text(f.name, pattern=HEADER_NAME, expected="an HTTP header name",
+         doc="header added upstream") for f in dataclasses.fields(EvidenceHeaders)))
+
+
+def _listen_section(r: Reader, ctx: Loading) -> None:
+    values = LISTEN.read(r)
+    ctx.values["listen_host"], ctx.values["listen_port"] = values["listen"]
+    ctx.values["workers"] = values["workers"]
+
+
+def _surface(r: Reader, ctx: Loading) -> None:
+    ctx.values.update(SURFACE.read(r))
+
+
+def _upstream(r: Reader, ctx: Loading) -> None:
+    values = read_group(r, "upstream", UPSTREAM, required=True)
+    if values is not None:
+        ctx.values["upstream"] = UpstreamSettings(**{**values, "url": values["url"] or ""})
+
+
+def _paths(r: Reader, ctx: Loading) -> None:
+    values = read_group(r, "paths", PATHS)
+    if values is not None:
+        ctx.values.update(values)
+
+
+def _limits(r: Reader, ctx: Loading) -> None:
+    values = read_group(r, "limits", LIMITS)
+    if values is not None:
+        ctx.values["limits"] = ClientLimits(**values)
+    ctx.values.update(MAX_BODY.read(r))
+
+
+def _evidence(r: Reader, ctx: Loading) -> None:
+    values = read_group(r, "evidence_headers", EVIDENCE)
+    if values is not None:
+        ctx.values["evidence"] = EvidenceHeaders(**values)
+
+
+SECTIONS = (
+    Section("listen", _listen_section, lambda: properties_of(LISTEN)),
+    Section("http", _surface, lambda: properties_of(SURFACE)),
+    Section("upstream", _upstream, lambda: {"upstream": UPSTREAM.schema(nullable=False)},
+            required=("upstream",)),
+    Section("paths", _paths, lambda: {"paths": PATHS.schema()}),
+    Section("limits", _limits, lambda: {"limits": LIMITS.schema(), **properties_of(MAX_BODY)}),
+    Section("evidence_headers", _evidence, lambda: {"evidence_headers": EVIDENCE.schema()}),
+)

@@ -1,0 +1,1 @@
+"""Tests of the stepgate command, one module per command group."""

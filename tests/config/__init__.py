@@ -1,0 +1,1 @@
+"""Tests of the configuration package: section validators, registries, JSON Schemas."""
