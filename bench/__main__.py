@@ -254,9 +254,9 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
 
     from gateway.config.load import load_settings
     from gateway.decision.tokens import Bound, Signer, Ticket
-    from gateway.factors.totp import new_secret, seal
+    from gateway.factors.totp import TotpFactor, new_secret
     from gateway.keys import KeyRing, generate_data_key, generate_signing_key
-    from gateway.store import ChallengeRecord, FactorRecord, open_store
+    from gateway.store import ChallengeRecord, open_store
 
     keys = {"STEPGATE_KEYS": generate_signing_key(), "STEPGATE_DATA_KEYS": generate_data_key()}
     users = ["bench"] + [f"v{i}" for i in range(n_verify)]
@@ -314,8 +314,8 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
         for u in users[1:]:
             secret = new_secret()
             fid = f"f_{u}"
-            await store.add_factor(FactorRecord(fid, u, "totp", "active", "bench",
-                                                seal(ring, u, fid, secret), now))
+            await store.add_factor(TotpFactor(store, ring).record(u, fid, secret, label="bench",
+                                                                  now=now))
             cid = f"c_{u}_bench_challenge"
             await store.add_challenge(ChallengeRecord(cid, u, nonce, ticket, "totp", None,
                                                       "pending", 5, now, now + 3600, now + 3600))

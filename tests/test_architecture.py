@@ -21,7 +21,7 @@ LAYERS = [
     {"gateway.decision"},
     {"gateway.api"},
     {"gateway.http"},
-    {"gateway.cli", "gateway.client", "gateway", "gateway.__main__", "gateway.demo"},
+    {"gateway.cli", "gateway.client", "gateway", "gateway.__main__"},
 ]
 
 

@@ -16,9 +16,9 @@ from gateway.cli.common import settings
 
 
 async def _users(args: argparse.Namespace) -> int:
-    from gateway.factors.totp import new_secret, otpauth_uri, seal, terminal_qr
+    from gateway.factors.totp import TotpFactor, new_secret, otpauth_uri, terminal_qr
     from gateway.keys import KeyRing
-    from gateway.store import FactorRecord, open_store
+    from gateway.store import open_store
     s = settings(args.config)
     store = open_store(s.store_url, s.store_timeout)
     await store.open()
@@ -43,9 +43,8 @@ async def _users(args: argparse.Namespace) -> int:
             keys = KeyRing.from_settings(s.keys)
             secret = new_secret()
             fid = "f_" + secrets.token_urlsafe(12)
-            await store.add_factor(FactorRecord(
-                id=fid, user=user, type="totp", status="active", label=args.label,
-                secret=seal(keys, user, fid, secret), created_at=time.time()))
+            await store.add_factor(TotpFactor(store, keys, s.totp_issuer).record(
+                user, fid, secret, label=args.label, now=time.time()))
             uri = otpauth_uri(secret, user, s.totp_issuer)
             print(terminal_qr(uri))
             print(uri)

@@ -94,8 +94,7 @@ class Decider:
             paths=(), path_regex=None, hosts=(), query=(), headers=(), json=(),
             require=Requirement(tuple(settings.factors), False, settings.manage.binding,
                                 settings.manage.ttl, 0 if settings.manage.binding == "session"
-                                else 1, MANAGE_RULE, None, "deny", "secondfactor",
-                                "urn:stepgate:2fa"))
+                                else 1, MANAGE_RULE, None))
         # Session tokens are remembered so their reuse costs a lookup instead of an HMAC,
         # and so is which rule each fitted for which user; expiry, max_age and revocation
         # are still checked on every use.

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import smtplib
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Protocol
 
@@ -105,9 +106,13 @@ class SmtpDeliverer:
             raise DeliveryFailed(self.ch.name) from None
 
 
+# Delivery channels by the kind the configuration names (config/registry.py CHANNEL_KINDS).
+KINDS: dict[str, Callable[[ChannelSettings], Deliverer]] = {
+    "command": CommandDeliverer,
+    "webhook": WebhookDeliverer,
+    "smtp": SmtpDeliverer,
+}
+
+
 def deliverer(ch: ChannelSettings) -> Deliverer:
-    if ch.kind == "command":
-        return CommandDeliverer(ch)
-    if ch.kind == "webhook":
-        return WebhookDeliverer(ch)
-    return SmtpDeliverer(ch)
+    return KINDS[ch.kind](ch)

@@ -1,5 +1,7 @@
 """Storage backends behind one contract."""
 
+from collections.abc import Callable
+
 from .base import (
     ChallengeRecord,
     FactorRecord,
@@ -12,13 +14,21 @@ from .base import (
 )
 
 
+def _sqlite(url: str, timeout: float) -> Store:
+    from .sqlite import SQLiteStore
+    return SQLiteStore(url[len("sqlite:///"):], timeout)
+
+
+# Backends by URL scheme (config/registry.py STORE_SCHEMES names the same ones).
+SCHEMES: dict[str, Callable[[str, float], Store]] = {"sqlite": _sqlite}
+
+
 def open_store(url: str, timeout: float = 2.0) -> Store:
-    """The backend named by ``url`` (only ``sqlite:///PATH`` for now); every call is bounded
-    by ``timeout`` seconds."""
-    if url.startswith("sqlite:///"):
-        from .sqlite import SQLiteStore
-        return SQLiteStore(url[len("sqlite:///"):], timeout)
-    raise ValueError(f"unsupported store URL scheme in {url.split(':', 1)[0]!r}")
+    """The backend ``url`` names; every call is bounded by ``timeout`` seconds."""
+    scheme = url.partition(":")[0]
+    if scheme not in SCHEMES:
+        raise ValueError(f"unsupported store URL scheme {scheme!r}")
+    return SCHEMES[scheme](url, timeout)
 
 
 __all__ = ["ChallengeRecord", "FactorRecord", "FactorStatus", "ReserveResult", "Store",

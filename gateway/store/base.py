@@ -42,20 +42,6 @@ class FactorRecord:
     last_used_at: float | None = None
     counter: int = -1
 
-    def __init__(self, id: str, user: str, type: str, status: FactorStatus, label: str,
-                 data: str | None = None, created_at: float | None = None,
-                 last_used_at: float | None = None, counter: int = -1, *,
-                 secret: str | None = None) -> None:
-        # ``secret=`` is the name of ``data`` before schema version 3, kept so callers
-        # written against it (gateway/cli.py) keep working until they move to ``data=``.
-        data = data if data is not None else secret
-        if data is None or created_at is None:
-            raise TypeError("FactorRecord needs data and created_at")
-        for name, value in (("id", id), ("user", user), ("type", type), ("status", status),
-                            ("label", label), ("data", data), ("created_at", created_at),
-                            ("last_used_at", last_used_at), ("counter", counter)):
-            object.__setattr__(self, name, value)
-
 
 @dataclass(frozen=True)
 class ChallengeRecord:

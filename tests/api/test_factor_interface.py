@@ -156,11 +156,6 @@ def test_totp_data_is_a_sealed_document_for_its_user_and_factor() -> None:
     assert totp.secret_of(record) == "JBSWY3DPEHPK3PXP"
     with pytest.raises(ValueError):  # sealed for alice's f1 only
         open_data(ring, record.data, "secret", "totp:mallory:f1")
-    # how gateway/cli.py and bench/__main__.py still build records
-    legacy = FactorRecord(id="f1", user="alice", type="totp", status="active", label="x",
-                          secret=seal(ring, "alice", "f1", "JBSWY3DPEHPK3PXP"), created_at=1.0)
     positional = FactorRecord("f1", "alice", "totp", "active", "x",
                               seal(ring, "alice", "f1", "JBSWY3DPEHPK3PXP"), 1.0)
-    assert totp.secret_of(legacy) == totp.secret_of(positional) == "JBSWY3DPEHPK3PXP"
-    with pytest.raises(TypeError):
-        FactorRecord("f1", "alice", "totp", "active", "x")
+    assert totp.secret_of(positional) == "JBSWY3DPEHPK3PXP"
