@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -19,6 +18,7 @@ from gateway.api.models import ConfirmAnswer, Confirmed, FactorList
 from gateway.decision.paths import CanonicalPath
 from gateway.decision.request import header
 from gateway.decision.tokens import Bound, token_fits
+from gateway.primitives import iso8601
 from gateway.problems import Problem, not_found
 from gateway.store import ChallengeRecord, FactorRecord
 
@@ -26,9 +26,7 @@ log = logging.getLogger("stepgate")
 
 
 def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if t is None else iso8601(t)
 
 
 def public(r: FactorRecord) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.config.settings import ChannelSettings
 from gateway.factors.delivery import Deliverer
 from gateway.keys import KeyRing
+from gateway.primitives import same_secret
 from gateway.problems import Problem, bad_request
 from gateway.store import ChallengeRecord, FactorRecord, Store
 
@@ -153,7 +154,7 @@ class DeliveredFactor:
     def check(self, challenge: ChallengeRecord, code: str) -> bool:
         if challenge.code_hash is None or not self.code_format.fullmatch(code):
             return False
-        return hmac.compare_digest(code_hash(self.keys, challenge.id, code), challenge.code_hash)
+        return same_secret(code_hash(self.keys, challenge.id, code), challenge.code_hash)
 
     async def confirm(self, record: FactorRecord, challenge: ChallengeRecord | None,
                       answer: Answer, now: float) -> bool:

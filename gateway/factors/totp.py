@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hmac
 import io
 import os
 import re
@@ -15,6 +14,7 @@ import segno
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.keys import KeyRing
+from gateway.primitives import same_secret
 from gateway.store import ChallengeRecord, FactorRecord, FactorStatus, Store
 
 from .base import Answer, Enrolment, Started, Verification, code_of, open_data, seal_data
@@ -65,7 +65,7 @@ def matching_step(secret: str, code: str, now: float) -> int | None:
     current = int(now // STEP)
     found = None
     for step in (current - 1, current, current + 1):
-        if hmac.compare_digest(totp.generate_otp(step), code):
+        if same_secret(totp.generate_otp(step), code):
             found = step
     return found
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from gateway.primitives import BoundedCache
 from gateway.problems import Headers
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus Proxy-Connection which old clients still send.
@@ -53,7 +54,7 @@ class HeaderPolicy:
         self.own = own_header_names(own)
         self.own_norm = frozenset(_normalised(n) for n in self.own)
         self.trusted = tuple(trusted)
-        self._trust_cache: dict[str, bool] = {}
+        self._trust_cache: BoundedCache[str, bool] = BoundedCache(10000)
 
     def is_trusted(self, client: str | None) -> bool:
         if not client or not self.trusted:
@@ -65,8 +66,7 @@ class HeaderPolicy:
                 hit = any(addr in net for net in self.trusted)
             except ValueError:
                 hit = False
-            if len(self._trust_cache) < 10000:
-                self._trust_cache[client] = hit
+            self._trust_cache.put(client, hit)
         return hit
 
     def request(self, headers: Iterable[tuple[bytes, bytes]], *, client: str | None,
