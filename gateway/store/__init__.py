@@ -3,13 +3,19 @@
 from collections.abc import Callable
 
 from .base import (
+    AuditStore,
     ChallengeRecord,
+    ChallengeStore,
+    CounterStore,
     FactorRecord,
     FactorStatus,
+    FactorStore,
+    Lifecycle,
     ReserveResult,
     Store,
     StoreMissing,
     StoreUnavailable,
+    TokenUseStore,
     UserLock,
 )
 
@@ -31,5 +37,6 @@ def open_store(url: str, timeout: float = 2.0) -> Store:
     return SCHEMES[scheme](url, timeout)
 
 
-__all__ = ["ChallengeRecord", "FactorRecord", "FactorStatus", "ReserveResult", "Store",
-           "StoreMissing", "StoreUnavailable", "UserLock", "open_store"]
+__all__ = ["AuditStore", "ChallengeRecord", "ChallengeStore", "CounterStore", "FactorRecord",
+           "FactorStatus", "FactorStore", "Lifecycle", "ReserveResult", "Store", "StoreMissing",
+           "StoreUnavailable", "TokenUseStore", "UserLock", "open_store"]

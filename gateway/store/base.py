@@ -1,8 +1,10 @@
-"""The store contract: every backend (SQLite now, PostgreSQL and Redis later) implements it.
+"""The store contract, one protocol per concern; ``Store`` is all of them together.
 
-Every method that decides something (reserving a token use, accepting a TOTP step,
-consuming a recovery code, counting failures) is atomic in the backend, so several
-gateway processes sharing one store never both win.
+A backend may implement only some of the concerns (Redis will hold only the hot state:
+token uses and generations, counters) and be combined with another (SQLite, PostgreSQL)
+for the rest. Every method that decides something (reserving a token use, accepting a
+TOTP step, consuming a recovery code, counting failures) is atomic in its backend, so
+several gateway processes sharing one store never both win.
 """
 
 from __future__ import annotations
@@ -67,19 +69,26 @@ class UserLock:
     hard: bool
 
 
-class Store(Protocol):
+class Lifecycle(Protocol):
+    """Opening and closing a backend, and the identity of the store it holds."""
+
     instance_id: str  # made when the store is created; tickets and tokens carry it
 
     async def open(self, *, create: bool = False) -> None: ...
     async def close(self) -> None: ...
 
-    # factors
+
+class FactorStore(Protocol):
+    """Enrolled factors and recovery-code hashes: durable, per user."""
+
     async def add_factor(self, factor: FactorRecord) -> None: ...
     async def factors(self, user: str) -> list[FactorRecord]: ...
     async def activate_factor(self, user: str, factor_id: str) -> bool: ...
     async def delete_factor(self, user: str, factor_id: str) -> bool: ...
     async def delete_user(self, user: str) -> int:
-        """Remove factors, recovery codes and lockout; revoke the user's tokens."""
+        """Remove factors, recovery codes and lockout; revoke the user's tokens. It spans
+        three concerns (counters and generations too): a store combined from several
+        backends must do all of it, whichever backend holds each part."""
         ...
     async def advance_counter(self, factor_id: str, value: int, now: float) -> bool:
         """Move the factor's counter forward to ``value`` (and mark it used); False when the
@@ -88,12 +97,14 @@ class Store(Protocol):
         ...
     async def touch_factor(self, factor_id: str, now: float) -> None: ...
 
-    # recovery codes
     async def replace_recovery_codes(self, user: str, hashes: list[str], now: float) -> None: ...
     async def consume_recovery_code(self, user: str, code_hash: str, now: float) -> bool: ...
     async def recovery_codes_left(self, user: str) -> int: ...
 
-    # challenges
+
+class ChallengeStore(Protocol):
+    """Challenges a ticket's holder answers, and which factors each ticket has verified."""
+
     async def add_challenge(self, challenge: ChallengeRecord) -> None: ...
     async def challenge(self, challenge_id: str) -> ChallengeRecord | None: ...
     async def fail_challenge(self, challenge_id: str) -> int:
@@ -109,7 +120,11 @@ class Store(Protocol):
         ...
     async def void_challenge(self, challenge_id: str) -> None: ...
 
-    # token uses
+
+class TokenUseStore(Protocol):
+    """Counted token uses, and the per-user generations every token carries (bumping one
+    revokes all of that user's outstanding tokens)."""
+
     async def reserve_use(self, jti: str, max_uses: int, expires_at: float,
                           now: float) -> ReserveResult:
         """Reserve one use; a reservation holds until committed, released or the token
@@ -118,30 +133,46 @@ class Store(Protocol):
     async def commit_use(self, jti: str) -> None: ...
     async def release_use(self, jti: str) -> None: ...
 
-    # throttling
+    async def generation(self, user: str) -> int: ...
+    async def bump_generation(self, user: str) -> int: ...
+
+
+class CounterStore(Protocol):
+    """Throttling state: consecutive failures and lockouts per user, windowed event counts."""
+
     async def user_lock(self, user: str) -> UserLock: ...
     async def add_failure(self, user: str) -> int:
         """Count one more consecutive failure; returns the count (atomic)."""
         ...
     async def lock_user(self, user: str, until: float, hard: bool) -> None:
-        """Lock until ``until`` (or for good); revokes the user's tokens."""
+        """Lock until ``until`` (or for good); revokes the user's tokens (a generation bump,
+        so a backend holding counters holds generations too, or is combined with one)."""
         ...
     async def reset_failures(self, user: str) -> None: ...
     async def unlock(self, user: str) -> None:
         """Reset the failures and lockout and revoke the user's outstanding tokens."""
         ...
-
-    # token generations: a token carries its user's generation; bumping it revokes them all
-    async def generation(self, user: str) -> int: ...
-    async def bump_generation(self, user: str) -> int: ...
     async def hit(self, key: str, window: float, now: float, amount: int = 1) -> int:
         """Count ``amount`` events under ``key`` in the current fixed window (-1 takes one
         back, e.g. after a failed delivery); returns the count."""
         ...
 
-    # audit
+
+class AuditStore(Protocol):
+    """The audit events of known users, read back by user and time window."""
+
     async def append_audit(self, events: list[dict[str, Any]]) -> None:
         """Keep a batch of events, in one transaction."""
         ...
     async def audit(self, user: str | None, since: float | None, until: float | None,
                     limit: int) -> list[dict[str, Any]]: ...
+
+
+class Store(Lifecycle, FactorStore, ChallengeStore, TokenUseStore, CounterStore, AuditStore,
+            Protocol):
+    """Every concern: what the gateway is given, whether from one backend or several."""
+
+
+# Every concern, for code that walks the whole interface (the contract tests do).
+CONCERNS: tuple[type, ...] = (Lifecycle, FactorStore, ChallengeStore, TokenUseStore,
+                              CounterStore, AuditStore)
