@@ -134,7 +134,7 @@ class AiohttpForwarder:
                 "User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             raise_for_status=False, trust_env=False)
         # The same pool, without aiohttp's resend of idempotent requests after a dropped
-        # connection (aiohttp has no public switch for it; tests/test_e2e_hardening.py
+        # connection (aiohttp has no public switch for it; tests/e2e/test_hardening.py
         # proves the upstream sees a counted request once).
         self._once = aiohttp.ClientSession(
             connector=connector, connector_owner=False, timeout=timeout, auto_decompress=False,

@@ -10,7 +10,7 @@ from gateway.factors.recovery import new_codes, normalise
 from gateway.factors.totp import matching_step, new_secret, otpauth_uri
 from gateway.keys import KeyError_, KeyRing, generate_data_key, generate_signing_key
 
-from .totp_ref import hotp
+from ..totp_ref import hotp
 
 K1, K2 = generate_signing_key(), generate_signing_key()
 

@@ -17,8 +17,8 @@ from aiosmtpd.controller import Controller
 
 from gateway.client import StepgateAuth
 
-from .conftest import HERE, PASSWORD, GatewayProcess, Upstream, basic, free_port
-from .totp_ref import Device
+from ..conftest import HERE, PASSWORD, GatewayProcess, Upstream, basic, free_port
+from ..totp_ref import Device
 
 pytestmark = pytest.mark.e2e
 P = "/.stepgate"

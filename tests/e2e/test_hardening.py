@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import DATA, SIGNING, GatewayProcess, Upstream, basic
-from .rawhttp import get, request
-from .test_e2e_handshake import P, _token, enrol
+from ..conftest import DATA, SIGNING, GatewayProcess, Upstream, basic
+from ..rawhttp import get, request
+from .test_handshake import P, _token, enrol
 
 pytestmark = pytest.mark.e2e
 ADMIN_KEY = "admin-key-for-hardening-tests-0123"

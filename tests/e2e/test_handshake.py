@@ -12,8 +12,8 @@ import pytest
 
 from gateway.client import SecondFactorError, StepgateAuth
 
-from .conftest import PASSWORD, GatewayProcess, Upstream, basic
-from .totp_ref import Device
+from ..conftest import PASSWORD, GatewayProcess, Upstream, basic
+from ..totp_ref import Device
 
 pytestmark = pytest.mark.e2e
 P = "/.stepgate"

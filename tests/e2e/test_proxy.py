@@ -12,8 +12,8 @@ import hashlib
 import httpx
 import pytest
 
-from .conftest import GatewayProcess, Upstream, free_port
-from .rawhttp import get, request
+from ..conftest import GatewayProcess, Upstream, free_port
+from ..rawhttp import get, request
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,7 @@ from gateway.problems import Problem
 from gateway.proxy import HttpxForwarder
 from gateway.store import StoreUnavailable
 
-from .totp_ref import hotp
+from ..totp_ref import hotp
 
 pytestmark = pytest.mark.anyio
 P = "/.stepgate"

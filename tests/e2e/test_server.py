@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import GatewayProcess, Upstream, basic
-from .rawhttp import RawResponse, request
+from ..conftest import GatewayProcess, Upstream, basic
+from ..rawhttp import RawResponse, request
 
 pytestmark = pytest.mark.e2e
 

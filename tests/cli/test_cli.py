@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import DATA, ROOT, SIGNING
+from ..conftest import DATA, ROOT, SIGNING
 
 ENV = dict(os.environ, STEPGATE_KEYS=SIGNING, STEPGATE_DATA_KEYS=DATA)
 
