@@ -28,6 +28,12 @@ def iso8601(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def window_of(now: float, window: float) -> tuple[int, float]:
+    """The fixed window ``now`` falls in: its number and when it ends (rate limits)."""
+    n = int(now // window)
+    return n, (n + 1) * window
+
+
 class BoundedCache(Generic[K, V]):
     """A dict that forgets everything once it holds ``size`` entries: the caches on the
     hot path stay bounded whatever keys clients send, at the cost of a cold start."""

@@ -103,6 +103,11 @@ def bad_request(detail: str, name: str = "bad-request") -> Problem:
     return Problem(name, detail=detail)
 
 
+def too_large(limit: int) -> Problem:
+    return Problem("body-too-large", detail=f"the body may hold at most {limit} bytes",
+                   max_body=limit)
+
+
 def retry_later(name: str, retry_after: float, detail: str) -> Problem:
     """A 429/503 whose Retry-After says, in whole seconds, when trying again can work."""
     seconds = max(1, int(retry_after + 0.999))

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from gateway.problems import Problem, bad_request
+from gateway.problems import Problem, bad_request, too_large
 
 JSON_LIMIT = 16 * 1024
 M = TypeVar("M", bound=BaseModel)
@@ -28,11 +28,6 @@ def require_json(request: Request) -> None:
         raise Problem("unsupported-media-type",
                       detail="expected Content-Type application/json (an empty body is "
                       "allowed where the body is optional)")
-
-
-def too_large(limit: int) -> Problem:
-    return Problem("body-too-large", detail=f"the body may hold at most {limit} bytes",
-                   max_body=limit)
 
 
 async def read_body(request: Request, limit: int = JSON_LIMIT) -> bytes:

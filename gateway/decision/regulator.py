@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from gateway.audit import Audit
 from gateway.config.settings import ThrottleSettings
+from gateway.primitives import window_of
 from gateway.problems import Problem, retry_later
 from gateway.store import Store
 
@@ -66,15 +67,12 @@ class Regulator:
     async def success(self, user: str) -> None:
         await self.store.reset_failures(user)
 
-    def _window_end(self, window: float, now: float) -> float:
-        return (int(now // window) + 1) * window
-
     async def start_challenge(self, user: str) -> None:
         """Count a challenge (429 beyond ``challenges_per_window``)."""
         t, now = self.t, self.clock()
         if await self.store.hit(f"challenges:{user}", t.challenge_window, now) > \
                 t.challenges_per_window:
-            raise retry_later("too-many-challenges", self._window_end(t.challenge_window, now) - now,
+            raise retry_later("too-many-challenges", window_of(now, t.challenge_window)[1] - now,
                               "too many challenges were requested for this account")
 
     async def give_back_challenge(self, user: str) -> None:
@@ -87,7 +85,7 @@ class Regulator:
         key = f"sends:{user}"
         if await self.store.hit(key, t.send_window, now) > t.sends_per_window:
             await self.store.hit(key, t.send_window, now, -1)
-            raise retry_later("too-many-sends", self._window_end(t.send_window, now) - now,
+            raise retry_later("too-many-sends", window_of(now, t.send_window)[1] - now,
                               f"at most {t.sends_per_window} codes are sent per "
                               f"{int(t.send_window // 60)} minutes")
 

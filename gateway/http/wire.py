@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from typing import Any
 
 from gateway.decision.request import header
-from gateway.problems import Headers, Problem
+from gateway.problems import Headers, Problem, too_large
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,11 +22,6 @@ STARTED = "stepgate.started"
 
 class ClientGone(Exception):
     """The client disconnected while we were reading its body."""
-
-
-def too_large(limit: int) -> Problem:
-    return Problem("body-too-large", detail=f"the body may hold at most {limit} bytes",
-                   max_body=limit)
 
 
 async def read_body(receive: Receive, headers: Sequence[tuple[bytes, bytes]], limit: int) -> bytes:

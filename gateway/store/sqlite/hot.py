@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from gateway.primitives import window_of
+
 from ..base import ReserveResult, UserLock
 from .connection import Connection, guard
 
@@ -112,11 +114,12 @@ class Counters(Connection):
 
     @guard
     def hit(self, key: str, window: float, now: float, amount: int = 1) -> int:
-        bucket = f"{key}@{int(now // window)}"
+        number, ends = window_of(now, window)
+        bucket = f"{key}@{number}"
         with self._tx() as c:
             c.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
             c.execute("INSERT INTO counters (key, count, expires_at) VALUES (?, ?, ?) "
                       "ON CONFLICT(key) DO UPDATE SET count = MAX(count + ?, 0)",
-                      (bucket, max(amount, 0), (int(now // window) + 1) * window, amount))
+                      (bucket, max(amount, 0), ends, amount))
             row = c.execute("SELECT count FROM counters WHERE key = ?", (bucket,)).fetchone()
         return int(row[0])
