@@ -37,8 +37,9 @@ def _check_host(host: bytes) -> None:
 
 
 def check_request(headers: Sequence[tuple[bytes, bytes]], token_header: bytes,
-                  http11: bool = True) -> tuple[bool, bytes | None]:
-    """(whether the request carries a body, its Host) in one pass, or 400 for what an
+                  http11: bool = True) -> tuple[bool, bytes | None, bytes | None]:
+    """(whether the request carries a body, its Host, its token header) in one pass, or 400
+    for what an
     upstream could read differently from the gateway:
     - framing a request smuggler could exploit (RFC 9112 §6.3): both Content-Length and
       Transfer-Encoding, or several or invalid Content-Length values;
@@ -49,6 +50,7 @@ def check_request(headers: Sequence[tuple[bytes, bytes]], token_header: bytes,
     lengths: list[bytes] = []
     te = False
     host = None
+    token = None
     hosts = auths = tokens = 0
     for k, v in headers:
         if k == b"host":
@@ -61,6 +63,7 @@ def check_request(headers: Sequence[tuple[bytes, bytes]], token_header: bytes,
         elif k == b"transfer-encoding":
             te = True
         elif k == token_header:
+            token = v
             tokens += 1
     if hosts != 1:
         if hosts > 1:
@@ -74,15 +77,15 @@ def check_request(headers: Sequence[tuple[bytes, bytes]], token_header: bytes,
     if tokens > 1:
         raise _ambiguous("token header")
     if not lengths and not te:
-        return False, host
+        return False, host, token
     if te and lengths:
         raise bad_request("the request has both Content-Length and Transfer-Encoding",
                           "bad-framing")
     if len(set(lengths)) > 1 or any(not v.strip().isdigit() for v in lengths):
         raise bad_request("the request has an invalid Content-Length", "bad-framing")
     if te:
-        return True, host
-    return int(lengths[0]) > 0, host
+        return True, host, token
+    return int(lengths[0]) > 0, host, token
 
 
 # Headers some frameworks read to act on another method than the request line's
@@ -92,6 +95,6 @@ METHOD_OVERRIDE = frozenset({b"x-http-method-override", b"x-http-method", b"x-me
 
 def method_override(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     for k, _ in headers:
-        if k in METHOD_OVERRIDE or (b"_" in k and k.replace(b"_", b"-") in METHOD_OVERRIDE):
+        if k in METHOD_OVERRIDE or (0x5F in k and k.replace(b"_", b"-") in METHOD_OVERRIDE):
             return True
     return False

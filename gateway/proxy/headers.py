@@ -93,7 +93,7 @@ class HeaderPolicy:
                 elif k == b"host":
                     host = v
                 continue
-            if b"_" in k:
+            if 0x5F in k:  # b"_" (an int test: `bytes in bytes` formats a TypeError first)
                 # '_' spellings of our own, forwarding and rewrite fields reach a WSGI
                 # upstream as the same variable (HTTP_X_FORWARDED_FOR): dropped from all.
                 n = k.replace(b"_", b"-")
