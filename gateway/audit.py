@@ -36,12 +36,18 @@ class Audit:
             self.out = open(path, "a", encoding="utf-8")  # noqa: SIM115
             self._own = True
         self._pending: list[str] = []
+        self._ms = -1
+        self._stamp = ""
         self._timer: asyncio.TimerHandle | None = None
         self._kept: list[dict[str, Any]] = []
         self._keeper: asyncio.Task[None] | None = None
 
     def _write(self, line: str) -> None:
         self._pending.append(line)
+        if self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
         if self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -59,9 +65,16 @@ class Audit:
 
     def forwarded(self, event: str, rule: str | None, method: str, path: str,
                   user: str | None = None, binding: str | None = None) -> None:
-        """The hot-path events. Rule names, methods and canonical paths never need JSON
-        escaping (validated names, RFC 9110 tokens, canonical pchars); user names do."""
-        line = f'{{"ts":{self.clock():.3f},"event":"{event}"'
+        """The hot-path events."""
+        self.stamped(self.tail(event, rule, method, path, user, binding))
+
+    @staticmethod
+    def tail(event: str, rule: str | None, method: str, path: str,
+             user: str | None = None, binding: str | None = None) -> str:
+        """Everything of a hot-path line but its time, to be cached with a decision. Rule
+        names, methods and canonical paths never need JSON escaping (validated names,
+        RFC 9110 tokens, canonical pchars); user names do."""
+        line = f',"event":"{event}"'
         if user is not None:
             quoted = f'"{user}"' if '"' not in user and "\\" not in user else json.dumps(user)
             line += f',"user":{quoted}'
@@ -70,7 +83,18 @@ class Audit:
         line += f',"method":"{method}","path":"{path}"'
         if binding is not None:
             line += f',"binding":"{binding}"'
-        self._write(line + "}\n")
+        return line + "}\n"
+
+    def stamped(self, tail: str) -> None:
+        # Formatting a float costs more than the rest of the line: the stamp is made once
+        # per millisecond and reused within it.
+        ms = int(self.clock() * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            self._stamp = f'{{"ts":{ms // 1000}.{ms % 1000:03d}'
+        self._pending.append(self._stamp + tail)
+        if self._timer is None:
+            self._arm()
 
     async def emit(self, event: str, **fields: Any) -> None:
         doc = {"ts": round(self.clock(), 3), "event": event}

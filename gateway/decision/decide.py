@@ -18,7 +18,7 @@ from typing import Any, Literal
 from gateway.audit import Audit
 from gateway.config.rules import Requirement, Rule
 from gateway.config.settings import Settings
-from gateway.decision.identity import IdentitySource
+from gateway.decision.identity import IdentitySource, Pending
 from gateway.decision.paths import CanonicalPath, canonicalize
 from gateway.decision.policies import NeedBody, PolicyEngine, RequestView
 from gateway.decision.request import check_request, header, method_override
@@ -99,7 +99,9 @@ class Decider:
         # and so is which rule each fitted for which user; expiry, max_age and revocation
         # are still checked on every use.
         self._tokens: BoundedCache[bytes, Token] = BoundedCache()
-        self._fits: BoundedCache[tuple[bytes, str, str], tuple[Token, StrHeaders]] = BoundedCache()
+        # (token, rule, user) -> (token, evidence, the audit line's event/user/rule part)
+        self._fits: BoundedCache[tuple[bytes, str, str], tuple[Token, StrHeaders, str]] = \
+            BoundedCache()
         # user -> (token generation, when read): revocations made by another process sharing
         # the store take effect within GENERATION_TTL, those made here at once.
         self._generations: BoundedCache[str, tuple[int, float]] = BoundedCache()
@@ -108,13 +110,16 @@ class Decider:
 
     async def decide(self, v: View) -> Decision:
         try:
-            has_body, raw_host = check_request(v.headers, self.token_header, v.http11)
+            has_body, raw_host, value = check_request(v.headers, self.token_header, v.http11)
             engine = self.engine
             key = (v.method, v.raw_path, raw_host)
-            hit = engine.decisions.get(key)
+            hit = engine.decisions.data.get(key)
             body: bytes | None = None
             if hit is not None:
-                cp, rule = hit
+                cp, rule, allowed = hit
+                if allowed is not None:  # an allow decided before: the same decision
+                    self.audit.stamped(allowed[2])
+                    return allowed[has_body]
             else:
                 cp = canonicalize(v.raw_path, normalize=self.settings.normalize_paths)
                 if self._own(cp.decoded):
@@ -125,7 +130,9 @@ class Decider:
                 except NeedBody:
                     body = await self._read(v)
                     rule = engine.match(dataclasses.replace(req, body=body))
-                engine.remember(key, cp, rule)
+                action = rule.action if rule is not None else engine.default_action
+                engine.remember(key, cp, rule, self._allowed(v.method, cp, rule)
+                                if action == "allow" else None)
             action = rule.action if rule is not None else engine.default_action
             if action == "allow":
                 self.audit.forwarded("allowed", rule.name if rule else None, v.method, cp.raw)
@@ -136,12 +143,23 @@ class Decider:
                 return Decision("deny", cp, rule, problem=Problem(
                     "forbidden", detail="the gateway's policy denies this request",
                     rule=rule.name if rule else None))
-            return await self._protect(v, cp, rule, body, has_body)
+            if value is not None and rule.require.binding == "session":
+                fitted = self._fitted(v, cp, rule, value, body, has_body)
+                if fitted is not None:
+                    return fitted
+            return await self._protect(v, cp, rule, body, has_body, value)
         except Problem as problem:
             kind: Kind = "challenge" if problem.name == "second-factor-required" else "problem"
             return Decision(kind, problem=problem)
         except StoreUnavailable:
             return Decision("problem", problem=store_down())
+
+    def _allowed(self, method: str, cp: CanonicalPath, rule: Rule | None
+                 ) -> tuple[Decision, Decision, str]:
+        """What a cached allow returns (without and with a body; nobody mutates a
+        Decision) and the tail of its audit line: a repeated allow builds nothing."""
+        return (Decision("allow", cp, rule), Decision("allow", cp, rule, has_body=True),
+                self.audit.tail("allowed", rule.name if rule else None, method, cp.raw))
 
     def _own(self, path: str) -> bool:
         if self.settings.case_insensitive:
@@ -157,15 +175,44 @@ class Decider:
                           "encoded (compressed) body")
         return await v.read_body(self.settings.max_body)
 
+    def _fitted(self, v: View, cp: CanonicalPath, rule: Rule, value: bytes,
+                body: bytes | None, has_body: bool) -> Decision | None:
+        """A session token this process already checked for this rule and user, decided
+        without waiting; None when anything needs the full path (_protect): an unknown
+        password, a generation to re-read, a token not seen before or no longer good."""
+        if method_override(v.headers):
+            return None  # _protect refuses it
+        ident = self.identity
+        user = ident.known(v.headers, v.client) if ident is not None else None
+        if user is None or isinstance(user, Pending):
+            return None
+        fit = self._fits.data.get((value, rule.name, user))
+        if fit is None:
+            return None
+        known, evidence, line = fit
+        now = self.clock()
+        max_age = rule.require.max_age  # type: ignore[union-attr]
+        if known.expires < now or (max_age is not None and now - known.verified_at > max_age):
+            return None
+        gen = self._generations.data.get(user)
+        if gen is None or time.monotonic() - gen[1] >= GENERATION_TTL or \
+                known.generation != gen[0]:
+            return None
+        self.audit.stamped(f'{line},"method":"{v.method}","path":"{cp.raw}","binding":"session"}}\n')
+        return Decision("allow", cp, rule, evidence, None, body, has_body)
+
     async def _protect(self, v: View, cp: CanonicalPath, rule: Rule, body: bytes | None,
-                       has_body: bool) -> Decision:
+                       has_body: bool, value: bytes | None) -> Decision:
         req = rule.require
         assert req is not None
         if method_override(v.headers):
             raise Problem("method-override",
                           detail="method-override headers are refused on protected routes: "
                           "the upstream must act on the method the gateway decided on")
-        user = await self.identify(v.headers, v.client)
+        ident = self.identity
+        user = ident.known(v.headers, v.client) if ident is not None else None
+        if isinstance(user, Pending):
+            user = await self.identify(v.headers, v.client)
         if req.binding == "request" and body is None:
             body = await self._read(v) if has_body else b""
         bound = Bound.of(v.method, cp.raw, v.query, body, v.headers) \
@@ -174,15 +221,7 @@ class Decider:
             await self.audit.emit("challenged", rule=rule.name, reason="no identity",
                                   method=v.method, path=cp.raw)
             raise self.challenge(rule, "", bound, identity=True)
-        value = header(v.headers, self.token_header)
         now = self.clock()
-        if value is not None and req.binding == "session":
-            fit = self._fits.get((value, rule.name, user))
-            if fit is not None and fit[0].expires >= now and (
-                    req.max_age is None or now - fit[0].verified_at <= req.max_age) and \
-                    fit[0].generation == await self.generation(user):
-                self.audit.forwarded("token_used", rule.name, v.method, cp.raw, user, "session")
-                return Decision("allow", cp, rule, fit[1], None, body, has_body)
         token: Token | None = None
         if value is not None:
             token = self.read_token(value, now)
@@ -211,7 +250,8 @@ class Decider:
         evidence = self.evidence(user, rule.name, "+".join(token.factors), token.verified_at)
         if token.uses == 0:
             if value is not None:
-                self._fits.put((value, rule.name, user), (token, evidence))
+                self._fits.put((value, rule.name, user), (token, evidence, self.audit.tail(
+                    "token_used", rule.name, "", "", user).partition(',"method"')[0]))
             self.audit.forwarded("token_used", rule.name, v.method, cp.raw, user, token.binding)
             return Decision("allow", cp, rule, evidence, None, body, has_body)
         result = await self.uses.reserve(token)

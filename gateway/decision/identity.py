@@ -51,8 +51,21 @@ def dummy_cost(hashes: Sequence[bytes]) -> int:
     return max(counts, key=lambda c: (counts[c], c))
 
 
+class Pending:
+    """``known()``'s answer when only ``identify()`` can tell (a password to check)."""
+
+
+PENDING = Pending()
+
+
 class IdentitySource(Protocol):
     challenge: bytes | None  # a WWW-Authenticate value to send when nobody is identified
+
+    def known(self, headers: Sequence[tuple[bytes, bytes]], client: str | None
+              ) -> str | None | Pending:
+        """The answer when it needs no waiting (a cached result, a header), else PENDING:
+        the hot path then skips a coroutine."""
+        ...
 
     async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None: ...
 
@@ -86,11 +99,22 @@ class _Cache:
     def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._key = os.urandom(32)
+        # A keyed hasher made once and copied per use: half the cost of keying one each time.
+        self._hasher = hashlib.blake2b(key=os.urandom(32), digest_size=20)
         self._entries: dict[bytes, tuple[float, str | None]] = {}
 
     def key(self, authorization: bytes) -> bytes:
-        return hashlib.blake2b(authorization, key=self._key, digest_size=20).digest()
+        h = self._hasher.copy()
+        h.update(authorization)
+        return h.digest()
+
+    def lookup(self, authorization: bytes) -> tuple[float, str | None] | None:
+        h = self._hasher.copy()
+        h.update(authorization)
+        hit = self._entries.get(h.digest())
+        if hit is None or hit[0] < self.clock():
+            return None
+        return hit
 
     def get(self, key: bytes) -> tuple[float, str | None] | None:
         hit = self._entries.get(key)
@@ -115,6 +139,14 @@ class _CachedBasic:
     async def verify(self, raw: bytes, user: str, password: str) -> tuple[bool, float | None]:
         """Whether the password is good, and how long to remember that (None: the default)."""
         raise NotImplementedError
+
+    def known(self, headers: Sequence[tuple[bytes, bytes]], client: str | None
+              ) -> str | None | Pending:
+        raw = authorization(headers)
+        if raw is None:
+            return None
+        hit = self.cache.lookup(raw)
+        return PENDING if hit is None else hit[1]
 
     async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
         raw = authorization(headers)
@@ -213,10 +245,13 @@ class BackendIdentity:
     def __init__(self, settings: BasicIdentity) -> None:
         self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'.encode()
 
-    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
+    def known(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
         raw = authorization(headers)
         creds = parse_basic(raw) if raw is not None else None
         return creds[0] if creds else None
+
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
+        return self.known(headers, client)
 
 
 class HeaderIdentitySource:
@@ -230,6 +265,9 @@ class HeaderIdentitySource:
         self.challenge = None
 
     async def identify(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
+        return self.known(headers, client)
+
+    def known(self, headers: Sequence[tuple[bytes, bytes]], client: str | None) -> str | None:
         if not self.policy.is_trusted(client):
             return None
         values = [v for k, v in headers if k == self.name]

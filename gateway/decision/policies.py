@@ -94,7 +94,9 @@ class PolicyEngine:
         self.by_name = {r.name: r for r in rules}
         # Decisions that depend only on (method, raw path, Host) are remembered: that holds
         # up to the first rule with query, header or JSON conditions.
-        self.decisions: BoundedCache[CacheKey, tuple[CanonicalPath, Rule | None]] = BoundedCache()
+        # key -> (path, rule, what the caller built for it: for an allow, the decision)
+        self.decisions: BoundedCache[CacheKey, tuple[CanonicalPath, Rule | None, Any]] = \
+            BoundedCache()
         self._position = {r.name: n for n, r in enumerate(self.rules)}
         simple = next((n for n, r in enumerate(self.rules) if r.query or r.headers or r.json),
                       len(self.rules))
@@ -105,10 +107,11 @@ class PolicyEngine:
     def from_rules(cls, rules: RuleSet, default_action: Literal["allow", "deny"]) -> PolicyEngine:
         return cls(rules.rules, default_action, rules.sources)
 
-    def remember(self, key: CacheKey, path: CanonicalPath, rule: Rule | None) -> None:
+    def remember(self, key: CacheKey, path: CanonicalPath, rule: Rule | None,
+                 extra: Any = None) -> None:
         """Cache a match if it was decided by method, path and Host alone."""
         if (self._position[rule.name] if rule else len(self.rules)) < self._simple:
-            self.decisions.put(key, (path, rule))
+            self.decisions.put(key, (path, rule, extra))
 
     def _evaluate(self, rule: Rule, req: RequestView, parsed: dict[str, Any]) -> list[str]:
         """Reasons the rule does not match; empty when it does."""

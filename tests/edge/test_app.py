@@ -552,3 +552,64 @@ async def test_deleting_a_factor_and_a_lockout_revoke_tokens(env: Env) -> None:
             await env.client.post(ch2["verify_uri"], auth=("alice", PW), json={"code": "000000"})
     r = await env.client.get("/sess/a", auth=("alice", PW), headers=h)
     assert r.status_code == 401 and r.json()["detail"] == "token was revoked"
+
+
+async def test_cached_decisions_still_audit_every_request_alike(env: Env) -> None:
+    """A repeated allow and a repeated session-token use are decided from caches
+    (decide.py): each request still gets its own audit line, identical to the first one
+    but for the time."""
+    secret = await env.enrol("alice")
+    h = {"X-Stepgate-Token": await _session_token(env, "alice", secret)}
+    env.app.audit.flush()
+    env.audit.seek(0)
+    env.audit.truncate()
+    for _ in range(3):
+        assert (await env.client.get("/open/x")).status_code == 200
+        assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
+    env.app.audit.flush()
+    lines = [json.loads(x) for x in env.audit.getvalue().splitlines()]
+    for event in lines:
+        event.pop("ts")
+    assert lines == [{"event": "allowed", "rule": "open", "method": "GET", "path": "/open/x"},
+                     {"event": "token_used", "user": "alice", "rule": "sess", "method": "GET",
+                      "path": "/sess/a", "binding": "session"}] * 3
+    sess = [r for r in env.upstream if r.url.path == "/sess/a"]
+    assert [r.headers["x-stepgate-user"] for r in sess[-3:]] == ["alice"] * 3
+    assert all("x-stepgate-user" not in r.headers for r in env.upstream if r.url.path == "/open/x")
+
+
+async def test_revocation_by_another_process_reaches_a_cached_session_token(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another replica bumps the user's token generation in the shared store: this process
+    refuses the token it has cached once GENERATION_TTL has passed, and not before."""
+    import gateway.decision.decide as decide_module
+    secret = await env.enrol("alice")
+    h = {"X-Stepgate-Token": await _session_token(env, "alice", secret)}
+    t = [1000.0]
+    monkeypatch.setattr(decide_module.time, "monotonic", lambda: t[0])
+    assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
+    assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
+    await env.app.store.bump_generation("alice")  # as the other process would
+    t[0] += decide_module.GENERATION_TTL / 2
+    assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
+    t[0] += decide_module.GENERATION_TTL
+    for _ in range(2):  # the second use meets a freshly read generation in the cache
+        r = await env.client.get("/sess/a", auth=("alice", PW), headers=h)
+        assert r.status_code == 401 and r.json()["detail"] == "token was revoked"
+
+
+async def test_a_cached_session_token_is_bound_to_its_user_and_refused_once_expired(
+        env: Env) -> None:
+    secret = await env.enrol("alice")
+    await env.enrol("bob")
+    tok = await _session_token(env, "alice", secret)
+    h = {"X-Stepgate-Token": tok}
+    assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
+    other = await env.client.get("/sess/a", auth=("bob", PW), headers=h)
+    assert other.status_code == 401 and len(env.upstream) == 1
+    env.clock.t += 121  # ttl 2m
+    late = await env.client.get("/sess/a", auth=("alice", PW), headers=h)
+    assert late.status_code == 401 and late.json()["detail"] == "token is invalid or expired"
+    override = await env.client.get("/sess/a", auth=("alice", PW),
+                                    headers={**h, "X-HTTP-Method-Override": "DELETE"})
+    assert override.status_code == 400 and len(env.upstream) == 1
