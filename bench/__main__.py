@@ -476,7 +476,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["ratios"] = {
             "allowed / reference proxy (>= 0.9)": ratio("gateway allowed", "reference proxy"),
             "allowed / nginx proxy_pass (>= 0.2)": ratio("gateway allowed", "nginx proxy_pass"),
-            "session token / allowed (>= 0.8)": ratio("gateway session token", "gateway allowed"),
+            "session token / allowed (>= 0.9)": ratio("gateway session token", "gateway allowed"),
             "CPU per request, reference / allowed": round(
                 r["reference proxy"]["cpu_us_per_req"] / r["gateway allowed"]["cpu_us_per_req"], 3),
         }
