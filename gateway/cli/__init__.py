@@ -8,6 +8,7 @@ import argparse
 
 from gateway.cli.check import cmd_check, cmd_explain, cmd_schema
 from gateway.cli.keys import cmd_keys
+from gateway.cli.request import register as register_client_commands
 from gateway.cli.run import cmd_demo, cmd_demo_upstream, cmd_run
 from gateway.cli.store import cmd_store
 from gateway.cli.users import cmd_audit, cmd_users
@@ -83,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--until", help="epoch seconds or ISO 8601")
     audit.add_argument("--limit", type=int, default=100)
     audit.set_defaults(func=cmd_audit)
+    register_client_commands(sub)
     return p
 
 
