@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.fields import Schema, anchored
-from gateway.config.validate import Reader
+from gateway.config.validate import Reader, did_you_mean, line_of
 
 ABSENT = object()  # a value the request does not carry
 
@@ -79,40 +79,48 @@ def _as_number(value: Any) -> float | None:
     return None
 
 
-def _operand(reader: Reader, key: str, op: str, operand: Any) -> tuple[bool, Any]:
+def _operand(reader: Reader, key: str, op: str, operand: Any,
+             line: int | None) -> tuple[bool, Any]:
     kind = OPERATORS[op]
     if kind == "number":
         if isinstance(operand, bool) or not isinstance(operand, (int, float)):
-            reader.error(key, "a number", operand)
+            reader.error(key, "a number", operand, line=line)
             return False, None
         return True, float(operand)
-    if kind == "list" and not isinstance(operand, list):
-        reader.error(key, "a list", operand)
-        return False, None
+    if kind == "list":
+        if not isinstance(operand, list):
+            reader.error(key, "a list", operand, line=line)
+            return False, None
+        return True, list(operand)
     if kind == "boolean" and not isinstance(operand, bool):
-        reader.error(key, "true or false", operand)
+        reader.error(key, "true or false", operand, line=line)
         return False, None
     if kind == "regex":
         try:
             return True, re.compile(str(operand))
         except re.error as exc:
-            reader.error(key, f"a regular expression ({exc})", operand)
+            reader.error(key, f"a regular expression ({exc})", operand, line=line)
             return False, None
     return True, operand
 
 
-def conditions(reader: Reader, key: str, value: Any) -> tuple[Condition, ...] | None:
+def conditions(reader: Reader, key: str, value: Any,
+               line: int | None = None) -> tuple[Condition, ...] | None:
+    """The conditions on one name: ``key`` is its dotted path below ``reader``, written on
+    ``line``."""
     if not isinstance(value, dict):
         if isinstance(value, (str, int, float, bool)):
             return (Condition("eq", value),)
-        reader.error(key, "a value or a mapping of operators", value)
+        reader.error(key, "a value or a mapping of operators", value, line=line)
         return None
     conds = []
     for op, operand in value.items():
+        at = line_of(value, op) or line
         if op not in OPERATORS:
-            reader.error(f"{key}.{op}", "one of " + ", ".join(repr(o) for o in OPERATORS), op)
+            reader.error(f"{key}.{op}", "one of " + ", ".join(repr(o) for o in OPERATORS), op,
+                         line=at, hint=did_you_mean(op, OPERATORS))
             continue
-        ok, parsed = _operand(reader, f"{key}.{op}", op, operand)
+        ok, parsed = _operand(reader, f"{key}.{op}", op, operand, at)
         if ok:
             conds.append(Condition(op, parsed))
     return tuple(conds)
@@ -128,7 +136,7 @@ def condition_map(match: Reader, key: str, lower: bool = False) -> tuple[Any, ..
         return ()
     out = []
     for name, value in raw.items():
-        conds = conditions(match, f"{key}.{name}", value)
+        conds = conditions(match, f"{key}.{name}", value, line_of(raw, name))
         if conds is not None:
             out.append((str(name).lower() if lower else str(name), conds))
     return tuple(out)
@@ -144,11 +152,13 @@ def json_conditions(match: Reader) -> tuple[Any, ...]:
         return ()
     out = []
     for jpath, value in raw.items():
+        line = line_of(raw, jpath)
         if not _JSON_PATH.fullmatch(str(jpath)):
-            match.error(f"json.{jpath}", "a JSON path like '$.amount' or '$.items[0].id'", jpath)
+            match.error(f"json.{jpath}", "a JSON path like '$.amount' or '$.items[0].id'", jpath,
+                        line=line)
             continue
         steps = tuple(int(b) if b else a for a, b in _JSON_STEP.findall(str(jpath)[1:]))
-        conds = conditions(match, f"json.{jpath}", value)
+        conds = conditions(match, f"json.{jpath}", value, line)
         if conds is not None:
             out.append((str(jpath), steps, conds))
     return tuple(out)

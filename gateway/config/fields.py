@@ -220,10 +220,11 @@ class Size(Field):
 
 @dataclass(frozen=True)
 class Strings(Field):
-    """A non-empty list of strings (a single string counts as a list of one)."""
+    """A non-empty list of strings (a single string counts as a list of one). ``check`` says
+    what is wrong with one item (``is not upper case``), or None when it is right."""
 
     item: str = "a string"
-    check: Callable[[str], bool] | None = None
+    check: Callable[[str], str | None] | None = None
     item_pattern: str | None = None
 
     def read(self, r: Reader, default: Any = MISSING) -> Any:
@@ -241,7 +242,8 @@ class Strings(Field):
 
 @dataclass(frozen=True)
 class Custom(Field):
-    """A key with its own conversion (None means invalid) and its own schema."""
+    """A key with its own conversion (None means invalid; raising validate.Invalid says
+    which item is wrong and why) and its own schema."""
 
     expected: str = ""
     convert: Callable[[Any], Any] = lambda v: v

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-
 from gateway.config.conditions import (
     ABSENT,
     JSON_PATH_NAMES,
@@ -33,7 +31,18 @@ from gateway.config.fields import (
     literal,
     obj,
 )
-from gateway.config.validate import MISSING, ConfigError, Reader
+from gateway.config.validate import (
+    MISSING,
+    ConfigError,
+    Problem,
+    Reader,
+    did_you_mean,
+    found,
+    line_of,
+    listing,
+    tidy,
+)
+from gateway.config.yamlfile import read_yaml, repeat_problem
 
 Action = Literal["allow", "deny", "require"]
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -118,6 +127,55 @@ def _check_pattern(pattern: str) -> bool:
     return len(names) == len(set(names))
 
 
+def _method_problem(method: str) -> str | None:
+    if re.fullmatch(METHOD, method):
+        return None
+    if re.fullmatch(METHOD, method.upper()):
+        return f"is not upper case (write {method.upper()!r})"
+    return "is not an HTTP method (upper-case letters, digits, '_' or '-')"
+
+
+_SEGMENT_PROBLEMS = (
+    ("?", "has '?': patterns match the path, never the query (use match.query)"),
+    ("#", "has '#', which no request path carries"),
+    ("%", "has '%': patterns match the percent-decoded path, so write the character itself"),
+    (";", "has ';', which the gateway rejects in request paths"),
+    ("\\", "has '\\', which the gateway rejects in request paths"),
+)
+
+
+def _path_problem(pattern: str) -> str | None:
+    """What is wrong with a path pattern, in the words a policy author needs; None when
+    it is right (the same verdict as PATH_PATTERN, which the JSON Schema uses)."""
+    if _check_pattern(pattern):
+        return None
+    if not pattern.startswith("/"):
+        return "does not start with '/'"
+    segments = pattern.split("/")[1:]
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "**":
+            if not last:
+                return "has '**' before its end: '**' may only end a pattern"
+        elif not seg:
+            return ("ends with '/' (leave it out: a trailing slash is matched anyway)" if last
+                    else "has an empty segment ('//')")
+        elif seg in (".", ".."):
+            return f"has a {seg!r} segment, which no canonical request path has"
+        elif "*" in seg:
+            return "has '*' inside a segment: use {name} for one segment, or '**' last for any rest"
+        elif ("{" in seg or "}" in seg) and not _PARAM_NAME.fullmatch(seg):
+            return "has a '{' or '}' that is not a whole segment like {name}"
+        for char, why in _SEGMENT_PROBLEMS:
+            if char in seg:
+                return why
+    names = _PARAM_NAME.findall(pattern)
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        return f"names {{{twice}}} twice"
+    return "is not a path pattern ('/' and segments: literal, {name}, or '**' last)"
+
+
 FACTORS_EXPECTED = "a list of factor names, or {all_of: [...]}"
 RULE = Group(Rule, (
     Text("name", pattern=RULE_NAME, expected="a name of letters, digits, '_', '.' or '-'",
@@ -127,10 +185,10 @@ RULE = Group(Rule, (
 ))
 MATCH = Group(Rule, (
     Strings("methods", item="upper-case HTTP methods", optional=True,
-            check=lambda m: bool(re.fullmatch(METHOD, m)), item_pattern=anchored(METHOD),
+            check=_method_problem, item_pattern=anchored(METHOD),
             doc="absent: any method"),
     Strings("paths", item="path patterns starting with '/' ({name} for a segment, "
-            "'**' last for any rest)", optional=True, check=_check_pattern,
+            "'**' last for any rest)", optional=True, check=_path_problem,
             item_pattern=anchored(PATH_PATTERN),
             doc="matched on the canonical, percent-decoded path; absent: any path"),
     Strings("hosts", item="host names", optional=True,
@@ -156,21 +214,31 @@ REQUIRE = Group(Requirement, (
 
 
 def _factors(r: Reader, known_factors: set[str]) -> tuple[tuple[str, ...], bool]:
-    factors_raw = r.raw("factors", None)
-    all_of = False
-    if isinstance(factors_raw, dict) and set(factors_raw) == {"all_of"}:
-        all_of = True
-        factors_raw = factors_raw["all_of"]
-    if not (isinstance(factors_raw, list) and factors_raw
-            and all(isinstance(f, str) for f in factors_raw)):
-        r.error("factors", FACTORS_EXPECTED, r.data.get("factors", MISSING))
+    given = r.raw("factors", MISSING)
+    factors_raw, all_of = given, False
+    if isinstance(given, dict) and set(given) == {"all_of"}:
+        factors_raw, all_of = given["all_of"], True
+    if not isinstance(factors_raw, list) or not factors_raw:
+        keys = [str(k) for k in given] if isinstance(given, dict) and not all_of else []
+        hint = f" with {listing(keys, 'and')}{did_you_mean(keys[0], ['all_of'])}" if keys else ""
+        r.error("factors", FACTORS_EXPECTED, factors_raw if all_of else given, hint=hint)
         return (), all_of
-    unknown = [f for f in factors_raw if f not in known_factors]
-    if unknown:
-        r.error("factors", "factors the configuration enables ("
-                + ", ".join(sorted(known_factors)) + ")", ", ".join(unknown))
-    if len(set(factors_raw)) != len(factors_raw):
-        r.error("factors", "each factor once", factors_raw)
+    key, bad = r.keypath("factors"), False
+    for i, f in enumerate(factors_raw):
+        line = line_of(factors_raw, i) or r.line_of("factors")
+        if not isinstance(f, str):
+            r.report(key, f"{found(f)} is not a factor name", line)
+        elif f not in known_factors:
+            r.report(key, "expected factors the configuration enables ("
+                     + ", ".join(sorted(known_factors)) + f"), found {f!r}"
+                     + did_you_mean(f, known_factors), line)
+        elif f in factors_raw[:i]:
+            r.report(key, f"{f!r} is listed twice", line)
+        else:
+            continue
+        bad = True
+    if bad:
+        return (), all_of
     return tuple(factors_raw), all_of
 
 
@@ -178,14 +246,16 @@ def _requirement(r: Reader, name: str, known_factors: set[str]) -> Requirement |
     factors, all_of = _factors(r, known_factors)
     binding = REQUIRE.one(r, "binding")
     ttl = REQUIRE.one(r, "ttl", DEFAULT_TTL.get(binding or DEFAULT_BINDING))
-    # A session token is unlimited within its ttl (uses 0); the others count their uses.
+    # A session token is unlimited within its ttl (uses 0); the others count their uses. A
+    # binding that is itself wrong says nothing about which uses and scope would be right.
+    known = not r.has("binding") or r.data["binding"] in BINDINGS
     session = binding == "session"
-    uses = dataclasses.replace(USES, minimum=0 if session else 1).read(
+    uses = dataclasses.replace(USES, minimum=0 if session or not known else 1).read(
         r, 0 if session else 1)
-    if binding == "request" and uses not in (1, None):
+    if known and binding == "request" and uses not in (1, None):
         r.error("uses", "1 (a request-bound token is single use)", uses)
     scope = REQUIRE.one(r, "scope", name)
-    if r.has("scope") and not session:
+    if r.has("scope") and known and not session:
         r.error("scope", "no scope (only session binding shares a scope)", r.data["scope"])
     max_age = REQUIRE.one(r, "max_age")
     unenrolled = REQUIRE.one(r, "unenrolled")
@@ -198,14 +268,31 @@ def _requirement(r: Reader, name: str, known_factors: set[str]) -> Requirement |
                        unenrolled, style, acr)
 
 
+def _rule_label(data: Any, index: int) -> str:
+    """``rule #3 ('transfers')``, or ``rule #3`` while it has no name."""
+    name = data.get("name") if isinstance(data, dict) else None
+    return f"rule #{index + 1}" + (f" ('{name}')" if isinstance(name, str) else "")
+
+
 def _rule(data: Any, index: int, source: str, errors: list[str], known_factors: set[str],
-          case_insensitive: bool) -> Rule | None:
-    label = data.get("name") if isinstance(data, dict) else None
-    where = f"{source}: rule #{index + 1}" + (f" ('{label}')" if isinstance(label, str) else "")
-    r = Reader(data, where, errors)
-    if not r.ok:
+          case_insensitive: bool, seen: dict[str, str], line: int | None) -> Rule | None:
+    before = len(errors)
+    r = Reader(data, source, errors, scope=_rule_label(data, index), line=line)
+    if r.broken:
         return None
     name = RULE.one(r, "name")
+    if name is not None:
+        # Checked for every rule with a good name, however wrong the rest of it is: a
+        # policy author fixes both at once.
+        if name in seen:
+            r.report("name", f"expected a unique rule name, found {name!r}, already the name "
+                     f"of {seen[name]}", r.line_of("name"))
+        else:
+            seen[name] = f"rule #{index + 1} in {source}" + (
+                f":{r.line_of('name')}" if r.line_of("name") else "")
+        if name.startswith("stepgate:"):
+            r.report("name", "expected a name outside the reserved 'stepgate:' namespace, "
+                     f"found {name!r}", r.line_of("name"))
     action = RULE.one(r, "action")
     match = r.section("match", required=True)
     methods = paths = None
@@ -227,9 +314,10 @@ def _rule(data: Any, index: int, source: str, errors: list[str], known_factors: 
         requirement = _requirement(req_reader, name or f"rule-{index + 1}", known_factors)
         action = "require"
     elif action == "require" or (action is None and not r.has("action")):
-        r.error("require", "a 'require' section or 'action: allow|deny'", MISSING)
+        r.missing_key("require", "a 'require' section or 'action: allow|deny'",
+                      also=("action",))
     r.finish()
-    if not r.ok:
+    if len(errors) > before:
         return None
     regex = None
     if paths:
@@ -260,9 +348,11 @@ class RuleSet:
 
 def load_rules(path: Path, *, known_factors: set[str], case_insensitive: bool = False,
                base: Path | None = None, errors: list[str] | None = None) -> RuleSet:
-    """Read a file or a folder of YAML rules. Raises ConfigError listing every problem."""
+    """Read a file or a folder of YAML rules. Raises ConfigError listing every problem, or
+    adds them to ``errors``."""
     own = errors is None
     errs: list[str] = [] if errors is None else errors
+    start = len(errs)
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     sources = []
@@ -275,42 +365,43 @@ def load_rules(path: Path, *, known_factors: set[str], case_insensitive: bool = 
                 pass
         return str(p)
 
+    # Problems of the policies path itself: the configuration loader shows them at its
+    # `policies:` key (kind "policies").
     if not path.exists():
-        errs.append(f"{shown(path)}: policies: expected a YAML file or a folder of them, "
-                    "found no such file or folder")
+        errs.append(Problem(shown(path), "expected a YAML file or a folder of them, found no "
+                            "such file or folder", key="policies", kind="policies"))
         files = []
     else:
         files = _files(path)
         if not files:
-            errs.append(f"{shown(path)}: policies: expected at least one *.yaml file, found none")
+            errs.append(Problem(shown(path), "expected at least one *.yaml file, found none",
+                                key="policies", kind="policies"))
     for file in files:
         src = shown(file)
         sources.append(src)
-        try:
-            doc = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            errs.append(f"{src}: expected a readable YAML document, found an error: {exc}")
+        read = read_yaml(file, src)
+        if read.problems:
+            errs.extend(read.problems)
             continue
-        top = Reader(doc if doc is not None else {}, src, errs)
+        doc = read.doc
+        top = Reader(doc if doc is not None else {}, src, errs,
+                     line=None if doc is None or isinstance(doc, dict) else 1)
         raw_rules = top.raw("rules", [])
         top.finish()
         if not isinstance(raw_rules, list):
             top.error("rules", "a list of rules", raw_rules)
-            continue
+            raw_rules = []
+        for at, key, line, first in read.repeats:
+            in_rule = len(at) > 1 and at[0] == "rules" and isinstance(at[1], int)
+            errs.append(repeat_problem(
+                src, at[2:] if in_rule else at, key, line, first,
+                _rule_label(raw_rules[at[1]], at[1]) if in_rule else ""))
         for i, data in enumerate(raw_rules):
-            rule = _rule(data, i, src, errs, known_factors, case_insensitive)
-            if rule is None:
-                continue
-            if rule.name in seen:
-                errs.append(f"{src}: rule #{i + 1} ('{rule.name}'): name: expected a unique "
-                            f"rule name, found one already used in {seen[rule.name]}")
-                continue
-            if rule.name.startswith("stepgate:"):
-                errs.append(f"{src}: rule #{i + 1} ('{rule.name}'): name: expected a name "
-                            "outside the reserved 'stepgate:' namespace")
-                continue
-            seen[rule.name] = src
-            rules.append(rule)
+            rule = _rule(data, i, src, errs, known_factors, case_insensitive, seen,
+                         line_of(raw_rules, i))
+            if rule is not None:
+                rules.append(rule)
+    errs[start:] = tidy(errs[start:])
     if own and errs:
         raise ConfigError(errs)
     return RuleSet(tuple(rules), tuple(sources))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,6 +19,9 @@ _SIZE_UNITS = {
     "KB": 1000, "MB": 1000**2, "GB": 1000**3, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
 }
 MISSING = object()
+# How alike a misspelling and a known name must be (difflib ratio) to be suggested: 0.6
+# finds dropped, doubled and swapped letters without pairing unrelated short names.
+SUGGEST_CUTOFF = 0.6
 
 
 class ConfigError(Exception):
@@ -26,6 +30,91 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+class Problem(str):
+    """One problem as it is printed, ``file:line: rule #2 ('pay'): match.methods: what``. It
+    is the string the commands print, and keeps its parts so that the loader can order the
+    problems by line and withdraw one that another explains (a misspelt key is not also a
+    missing one)."""
+
+    file: str
+    line: int | None
+    column: int | None
+    scope: str
+    key: str
+    text: str
+    kind: str
+
+    def __new__(cls, file: str, text: str, *, line: int | None = None,
+                column: int | None = None, scope: str = "", key: str = "",
+                kind: str = "value") -> Problem:
+        at = file if line is None else f"{file}:{line}" + ("" if column is None else f":{column}")
+        self = super().__new__(cls, ": ".join(part for part in (at, scope, key, text) if part))
+        self.file, self.line, self.column = file, line, column
+        self.scope, self.key, self.text, self.kind = scope, key, text, kind
+        return self
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        return str, (str(self),)
+
+    def moved(self, file: str, line: int | None) -> Problem:
+        """The same problem shown at another place (a policies path, at its config key)."""
+        return Problem(file, self.text, line=line, scope=self.scope, key=self.key,
+                       kind=self.kind)
+
+
+def tidy(problems: list[str], first: str = "") -> list[str]:
+    """Each problem once, file by file (``first`` leading, then as they came) and in line
+    order within a file, so a policy author can work through a file from the top."""
+    rank: dict[str, int] = {first: 0} if first else {}
+
+    def order(p: str) -> tuple[int, int]:
+        file = p.file if isinstance(p, Problem) else ""
+        line = (p.line or 0) if isinstance(p, Problem) else 0
+        return rank.setdefault(file, len(rank)), line
+    return sorted(dict.fromkeys(problems), key=order)
+
+
+class Invalid(ValueError):
+    """Raised by a conversion to say why a value is wrong, when saying which item of it is
+    wrong and why helps more than "found a list": ``at`` is the item's index or key."""
+
+    def __init__(self, why: str, at: Any = None) -> None:
+        super().__init__(why)
+        self.reasons: list[tuple[str, Any]] = [(why, at)]
+
+    @classmethod
+    def each(cls, reasons: list[tuple[str, Any]]) -> Invalid:
+        exc = cls(reasons[0][0], reasons[0][1])
+        exc.reasons = list(reasons)
+        return exc
+
+
+def suggest(word: Any, choices: Iterable[Any]) -> str | None:
+    """The choice ``word`` most likely misspells, if one is close enough."""
+    if not isinstance(word, str):
+        return None
+    close = difflib.get_close_matches(word, [c for c in choices if isinstance(c, str)], n=1,
+                                      cutoff=SUGGEST_CUTOFF)
+    return close[0] if close else None
+
+
+def did_you_mean(word: Any, choices: Iterable[Any]) -> str:
+    guess = suggest(word, choices)
+    return f", did you mean {guess!r}?" if guess else ""
+
+
+def line_of(container: Any, at: Any) -> int | None:
+    """The line a key of a mapping or an item of a list was written on, when it was read
+    from a file (config.yamlfile)."""
+    lines = getattr(container, "lines", None)
+    if isinstance(lines, dict):
+        line: int | None = lines.get(at)
+        return line
+    if isinstance(lines, list) and isinstance(at, int) and 0 <= at < len(lines):
+        return int(lines[at])
+    return None
 
 
 def listing(names: Iterable[str], last: str = "or") -> str:
@@ -48,9 +137,9 @@ def found(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, dict):
-        return "a mapping"
+        return "a mapping" if value else "an empty mapping"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     return type(value).__name__
 
 
@@ -81,30 +170,74 @@ def parse_size(value: Any) -> int | None:
 class Reader:
     """A view of one mapping that knows where it came from, for error messages.
 
-    ``where`` reads like ``policies/bank.yaml: rule #3 ('transfers')``; keys are
-    reported as dotted paths below it.
+    ``file`` and ``scope`` (``rule #3 ('transfers')``) say where, ``path`` is the dotted key
+    path of the mapping and ``line`` the line it starts on; each problem is reported at the
+    line of the key or item at fault (config.yamlfile records them).
     """
 
-    def __init__(self, data: Any, where: str, errors: list[str], path: str = "") -> None:
-        self.where = where
+    def __init__(self, data: Any, file: str, errors: list[str], path: str = "", *,
+                 scope: str = "", line: int | None = None) -> None:
+        self.file = file
+        self.scope = scope
         self.errors = errors
         self.path = path
+        self.line = line
         self.ok = True
-        if not isinstance(data, dict):
-            self._error_at(path or "(top level)", "a mapping", data)
+        # Keys reported missing, by the names whose presence would have answered them.
+        self.missing: dict[str, Problem] = {}
+        # A value that is not a mapping is reported once, not once for each key it lacks.
+        self.broken = not isinstance(data, dict)
+        if self.broken:
+            self.report(path, f"expected a mapping, found {found(data)}")
             data = {}
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
+        self.data: dict[Any, Any] = data
+        self.used: set[Any] = set()
 
-    def _key(self, key: str) -> str:
+    def keypath(self, key: str) -> str:
+        if not key:
+            return self.path
         return f"{self.path}.{key}" if self.path else key
 
-    def _error_at(self, keypath: str, expected: str, value: Any) -> None:
-        self.ok = False
-        self.errors.append(f"{self.where}: {keypath}: expected {expected}, found {found(value)}")
+    def line_of(self, key: Any) -> int | None:
+        return line_of(self.data, key) or self.line
 
-    def error(self, key: str, expected: str, value: Any) -> None:
-        self._error_at(self._key(key), expected, value)
+    def report(self, keypath: str, text: str, line: int | None = None,
+               kind: str = "value") -> Problem:
+        """Any problem, at ``line`` or else at the start of this mapping."""
+        self.ok = False
+        problem = Problem(self.file, text, line=line or self.line, scope=self.scope,
+                          key=keypath, kind=kind)
+        self.errors.append(problem)
+        return problem
+
+    def error(self, key: str, expected: str, value: Any, *, line: int | None = None,
+              hint: str = "") -> None:
+        """``key: expected ..., found ...``; ``key`` may be a dotted path below this mapping
+        (then pass its ``line``)."""
+        if value is MISSING:
+            self.missing_key(key, expected)
+            return
+        self.report(self.keypath(key), f"expected {expected}, found {found(value)}{hint}",
+                    line or self.line_of(key))
+
+    def missing_key(self, key: str, expected: str, also: Iterable[str] = ()) -> None:
+        """``key`` (or, when empty, this mapping) lacks what ``expected`` says. Withdrawn by
+        ``finish`` when an unknown key turns out to misspell ``key`` or one of ``also``."""
+        self.ok = False
+        if self.broken:
+            return
+        problem = self.report(self.keypath(key), f"expected {expected}, found nothing",
+                              kind="missing")
+        for name in (key, *also):
+            if name:
+                self.missing[name] = problem
+
+    def invalid(self, key: str, exc: Invalid) -> None:
+        """The items of ``key``'s value that ``exc`` names, each at its own line."""
+        value = self.data.get(key)
+        for why, at in exc.reasons:
+            line = line_of(value, at) if at is not None else None
+            self.report(self.keypath(key), why, line or self.line_of(key))
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -120,17 +253,23 @@ class Reader:
         convert: Callable[[Any], Any],
         default: Any = MISSING,
     ) -> Any:
-        """``convert`` returns the typed value, or None when the value is invalid."""
+        """``convert`` returns the typed value, or None when the value is invalid, or raises
+        Invalid to say which part of it is wrong and why."""
         self.used.add(key)
+        fallback = None if default is MISSING else default
         if key not in self.data:
             if default is MISSING:
-                self.error(key, expected, MISSING)
-            return None if default is MISSING else default
+                self.missing_key(key, expected)
+            return fallback
         value = self.data[key]
-        result = convert(value)
+        try:
+            result = convert(value)
+        except Invalid as exc:
+            self.invalid(key, exc)
+            return fallback
         if result is None:
             self.error(key, expected, value)
-            return None if default is MISSING else default
+            return fallback
         return result
 
     def string(self, key: str, default: Any = MISSING, pattern: str | None = None,
@@ -146,7 +285,12 @@ class Reader:
     def choice(self, key: str, choices: Iterable[str], default: Any = MISSING) -> Any:
         options = list(choices)
         expected = "one of " + ", ".join(repr(c) for c in options)
-        return self.get(key, expected, lambda v: v if v in options else None, default)
+
+        def conv(v: Any) -> Any:
+            if v in options:
+                return v
+            raise Invalid(f"expected {expected}, found {found(v)}{did_you_mean(v, options)}")
+        return self.get(key, expected, conv, default)
 
     def boolean(self, key: str, default: Any = MISSING) -> Any:
         return self.get(key, "true or false", lambda v: v if isinstance(v, bool) else None, default)
@@ -179,37 +323,66 @@ class Reader:
         return self.get(key, "a size like '1MiB' or a number of bytes", parse_size, default)
 
     def string_list(self, key: str, default: Any = MISSING, item: str = "a string",
-                    check: Callable[[str], bool] | None = None) -> Any:
+                    check: Callable[[str], str | None] | None = None) -> Any:
+        """A non-empty list of strings, or one string; ``check`` says what is wrong with an
+        item (``is not upper case``), or None."""
         def conv(v: Any) -> list[str] | None:
-            if isinstance(v, str):
-                v = [v]
-            if not isinstance(v, list) or not v:
+            items = [v] if isinstance(v, str) else v
+            if not isinstance(items, list) or not items:
                 return None
-            if not all(isinstance(x, str) and x and (check is None or check(x)) for x in v):
-                return None
-            return list(v)
+            reasons = []
+            for i, x in enumerate(items):
+                if not isinstance(x, str):
+                    why: str | None = f"{found(x)} is not a string"
+                elif not x:
+                    why = "'' is empty"
+                else:
+                    problem = check(x) if check is not None else None
+                    why = f"{x!r} {problem}" if problem else None
+                if why:
+                    reasons.append((why, i if items is v else None))
+            if reasons:
+                raise Invalid.each(reasons)
+            return list(items)
         return self.get(key, f"a non-empty list of {item}", conv, default)
 
     def section(self, key: str, required: bool = False) -> Reader | None:
         self.used.add(key)
         if key not in self.data:
             if required:
-                self.error(key, "a mapping", MISSING)
+                self.missing_key(key, "a mapping")
             return None
         value = self.data[key]
         if value is None:
             value = {}
-        sub = Reader(value, self.where, self.errors, self._key(key))
+        sub = Reader(value, self.file, self.errors, self.keypath(key), scope=self.scope,
+                     line=self.line_of(key))
         if not sub.ok:
             self.ok = False
         return sub
 
+    def _withdraw(self, problem: Problem) -> None:
+        for i, e in enumerate(self.errors):
+            if e is problem:
+                del self.errors[i]
+                break
+        for name in [n for n, p in self.missing.items() if p is problem]:
+            del self.missing[name]
+
     def finish(self) -> None:
-        """Report every key nobody asked for: unknown keys are errors, not typos to ignore."""
+        """Report every key nobody asked for: unknown keys are errors, not typos to ignore.
+        A key close to a known one is named as its likely misspelling, and the known key is
+        then not also reported missing."""
         for key in self.data:
-            if key not in self.used:
-                self.ok = False
-                known = ", ".join(repr(k) for k in sorted(self.used))
-                self.errors.append(
-                    f"{self.where}: {self._key(str(key))}: unknown key; expected one of {known}"
-                )
+            if key in self.used:
+                continue
+            guess = suggest(key, self.used)
+            if guess is not None:
+                text = f"unknown key {key!r}, did you mean {guess!r}?"
+                intended = self.missing.get(guess)
+                if intended is not None:
+                    self._withdraw(intended)
+            else:
+                known = ", ".join(repr(k) for k in sorted(self.used, key=str))
+                text = f"unknown key {key!r}; expected one of {known}"
+            self.report(self.path, text, self.line_of(key), kind="unknown")

@@ -187,7 +187,9 @@ def test_schema_command_prints_the_schema(kind: str, capsys: pytest.CaptureFixtu
 # ---------------------------------------------------------------------------- cross-checks
 
 UNKNOWN = "zz_unknown"
-LISTED = re.compile(rf"{UNKNOWN}: (?:unknown key; )?expected one of (.*?)(?:, found .*)?$")
+# An unknown key of a mapping, or an unknown operator of a condition.
+LISTED = re.compile(rf"(?:unknown key '{UNKNOWN}'; |\.{UNKNOWN}: )expected one of (.*?)"
+                    rf"(?:, found '{UNKNOWN}')?$")
 CLOSED = [(kind, doc, at, node) for kind, doc, at, node in CASES
           if node.get("additionalProperties") is False
           and at[-1:] != ("factors",)]  # require.factors is a list or {all_of}, not a section

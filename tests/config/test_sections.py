@@ -79,8 +79,8 @@ def test_channel_kinds_come_from_the_registry(tmp_path: Path) -> None:
 
 def test_identity_sources_come_from_the_registry(tmp_path: Path) -> None:
     found = errors(tmp_path, {**UPSTREAM, "identity": {"basic": {}}})
-    assert ("identity.basic.htpasswd: expected exactly one of 'htpasswd', 'upstream_probe' or "
-            "'verify: backend', found '0 of them'") in found[0]
+    assert found == (f"{tmp_path / 'config.yaml'}:2: identity.basic: expected exactly one of "
+                     "'htpasswd', 'upstream_probe' or 'verify: backend', found nothing",)
     required = {"rules": [{"name": "r", "match": {"paths": ["/a"]},
                            "require": {"factors": ["totp"]}}]}
     assert errors(tmp_path, UPSTREAM, required)[0].endswith(
@@ -90,7 +90,7 @@ def test_identity_sources_come_from_the_registry(tmp_path: Path) -> None:
 
 def test_store_schemes_come_from_the_registry(tmp_path: Path) -> None:
     found = errors(tmp_path, {**UPSTREAM, "store": "redis://cache"})
-    assert found == (f"{tmp_path / 'config.yaml'}: store: expected a store URL like "
+    assert found == (f"{tmp_path / 'config.yaml'}:1: store: expected a store URL like "
                      "'sqlite:///stepgate.db', found 'redis://cache'",)
     assert set(registry.STORE_EXAMPLES) == set(registry.STORE_URL_SHAPES) == set(
         registry.STORE_SCHEMES)

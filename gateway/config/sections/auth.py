@@ -45,11 +45,21 @@ from gateway.config.settings import (
     Settings,
     SmtpSettings,
 )
-from gateway.config.validate import Reader, listing
+from gateway.config.validate import Invalid, Reader, found, listing
 
 # A channel's name is the factor name rules require it by.
 CHANNEL_NAME = FACTOR_NAME
 _CHANNEL = re.compile(CHANNEL_NAME)
+
+def _headers(value: Any) -> tuple[tuple[str, str], ...] | None:
+    if not isinstance(value, dict):
+        return None
+    wrong = [(f"{k!r}: expected a string, found {found(x)}", k) for k, x in value.items()
+             if not isinstance(x, str)]
+    if wrong:
+        raise Invalid.each(wrong)
+    return tuple((str(k), x) for k, x in value.items())
+
 
 BASIC = Group(BasicIdentity, (
     Text("htpasswd", doc="bcrypt htpasswd file"),
@@ -97,8 +107,7 @@ WEBHOOK = Group(ChannelSettings, (
            convert=http_url, json=HTTP_URL_SCHEMA, doc="receives POST {channel, address, message}"),
     Custom("headers", attr="webhook_headers",
            expected="a mapping of header names to strings",
-           convert=lambda v: tuple((str(k), x) for k, x in v.items())
-           if isinstance(v, dict) and all(isinstance(x, str) for x in v.values()) else None,
+           convert=_headers,
            show=dict, json={"type": "object", "additionalProperties": {"type": "string"}}),
 ))
 SMTP = Group(SmtpSettings, (
@@ -119,17 +128,28 @@ def _basic(ident: Reader, ctx: Loading) -> None:
         return
     values = BASIC.read(basic, realm=ctx.values.get("realm") or defaults_of(Settings)["realm"])
     probe = read_group(basic, "upstream_probe", PROBE) or {}
-    chosen = [x for x in (values["htpasswd"], probe.get("probe_path"), values["verify"]) if x]
-    if len(chosen) != 1:
-        basic.error(BASIC_BACKENDS[0], "exactly one of " + listing(basic_backend_names()),
-                    f"{len(chosen)} of them")
+    one_of(basic, BASIC_BACKENDS, basic_backend_names())
     htpasswd = ctx.resolve(values["htpasswd"]) if values["htpasswd"] else None
     ctx.values["basic"] = BasicIdentity(
         realm=values["realm"], htpasswd=htpasswd, verify_backend=values["verify"] == "backend",
         **{k: v for k, v in probe.items() if v is not None})
     basic.finish()
     if htpasswd is not None and not htpasswd.is_file():
-        ctx.problem("identity.basic.htpasswd", "an htpasswd file", f"no file at {htpasswd}")
+        basic.report(basic.keypath("htpasswd"),
+                     f"expected an htpasswd file, found no file at {htpasswd}",
+                     basic.line_of("htpasswd"))
+
+
+def one_of(r: Reader, keys: tuple[str, ...], shown: tuple[str, ...]) -> None:
+    """Exactly one of ``keys`` must be written (``shown`` as messages name them); a key
+    written wrong counts as written, so its own problem is the only one."""
+    given = [k for k in keys if r.has(k)]
+    expected = "exactly one of " + listing(shown)
+    if not given:
+        r.missing_key("", expected, also=keys)
+    elif len(given) > 1:
+        r.report(r.path, f"expected {expected}, found {listing(given, 'and')}",
+                 r.line_of(given[1]))
 
 
 def _header(ident: Reader, ctx: Loading) -> None:
@@ -189,10 +209,7 @@ def _channel(ch: Reader, name: str, ctx: Loading) -> ChannelSettings | None:
     kind = None
     out: dict[str, Any] = {}
     if deliver is not None:
-        given = [k for k in CHANNEL_KINDS if deliver.has(k)]
-        if len(given) != 1:
-            deliver.error(CHANNEL_KINDS[0], "exactly one of " + listing(CHANNEL_KINDS),
-                          f"{len(given)} of them")
+        one_of(deliver, CHANNEL_KINDS, CHANNEL_KINDS)
         for candidate, read in _KINDS.items():
             values = read(deliver, ctx)
             if values is not None:
@@ -204,6 +221,10 @@ def _channel(ch: Reader, name: str, ctx: Loading) -> ChannelSettings | None:
     out.update(CHANNEL.read(ch, address=default_address))
     ch.finish()
     if kind is None or len(ch.errors) > before:
+        ctx.broken_channels.add(name)
+        if out.get("second_factor") is not False:
+            # Rules that require it are right; the channel is what is wrong.
+            ctx.known_factors.add(name)
         return None
     return ChannelSettings(name=name, kind=kind, **out)  # type: ignore[arg-type]
 
@@ -222,7 +243,8 @@ def _factors(r: Reader, ctx: Loading) -> None:
         if name in BUILTIN_FACTORS:
             continue
         if not isinstance(name, str) or not _CHANNEL.fullmatch(name):
-            fac.error(str(name), "a channel name of lower-case letters, digits, '_' or '-'", name)
+            fac.error(str(name), "a channel name of lower-case letters, digits, '_' or '-'", name,
+                      line=fac.line_of(name))
             fac.used.add(name)
             continue
         ch = fac.section(name)
@@ -257,7 +279,7 @@ def _factors_schema() -> dict[str, Schema]:
 def _notify(r: Reader, ctx: Loading) -> None:
     nt = r.section("notify")
     if nt is not None:
-        names = [c.name for c in ctx.values.get("channels", ())]
+        names = [c.name for c in ctx.values.get("channels", ())] + sorted(ctx.broken_channels)
         ctx.values["notify_channel"] = nt.choice("channel", names or ["(no channel configured)"],
                                                  None)
         nt.finish()

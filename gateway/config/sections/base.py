@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.config.fields import Group, Schema
 from gateway.config.settings import BUILTIN_FACTORS
-from gateway.config.validate import Reader
+from gateway.config.validate import Problem, Reader
 
 HEADER_NAME = r"[A-Za-z0-9][A-Za-z0-9-]*"  # an RFC 9110 §5.1 token, as header names are written
 
@@ -27,6 +27,9 @@ class Loading:
     values: dict[str, Any] = field(default_factory=dict)
     known_factors: set[str] = field(default_factory=lambda: set(BUILTIN_FACTORS))
     policies: Path | None = None
+    # Channels that are configured but wrong: reported where they are written, and not
+    # again by every rule or setting that names them.
+    broken_channels: set[str] = field(default_factory=set)
 
     def resolve(self, value: str) -> Path:
         """Relative paths are relative to the configuration file's folder, not to the
@@ -34,8 +37,9 @@ class Loading:
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self.base / p)
 
-    def problem(self, keypath: str, expected: str, found: str) -> None:
-        self.errors.append(f"{self.where}: {keypath}: expected {expected}, found {found}")
+    def problem(self, keypath: str, expected: str, found: str, line: int | None = None) -> None:
+        self.errors.append(Problem(self.where, f"expected {expected}, found {found}", line=line,
+                                   key=keypath))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from gateway.config.fields import (
 )
 from gateway.config.sections.base import HEADER_NAME, Loading, Section, properties_of, read_group
 from gateway.config.settings import ClientLimits, EvidenceHeaders, Settings, UpstreamSettings
-from gateway.config.validate import Reader
+from gateway.config.validate import Invalid, Reader, found
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -50,12 +50,19 @@ HTTP_URL_SCHEMA: Schema = {"type": "string", "pattern": r"^[hH][tT][tT][pP][sS]?
 
 
 def _networks(value: object) -> tuple[Network, ...] | None:
-    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+    if not isinstance(value, list):
         return None
-    try:
-        return tuple(ipaddress.ip_network(x, strict=False) for x in value)
-    except ValueError:
-        return None
+    out, wrong = [], []
+    for i, x in enumerate(value):
+        try:
+            if not isinstance(x, str):
+                raise TypeError(x)
+            out.append(ipaddress.ip_network(x, strict=False))
+        except (TypeError, ValueError):
+            wrong.append((f"{found(x)} is not a CIDR like '10.0.0.0/8'", i))
+    if wrong:
+        raise Invalid.each(wrong)
+    return tuple(out)
 
 
 LISTEN = Group(Settings, (
