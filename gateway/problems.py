@@ -40,6 +40,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "factor-not-enrolled": (403, "Second factor not enrolled"),
     "enrollment-closed": (403, "Enrolment closed"),
     "wrong-code": (403, "Wrong code"),
+    "code-already-used": (403, "Code already used"),
     "already-active": (409, "Factor already active"),
     "token-in-use": (409, "Token in use"),
     "challenge-gone": (410, "Challenge no longer usable"),
@@ -106,6 +107,14 @@ def bad_request(detail: str, name: str = "bad-request") -> Problem:
 def too_large(limit: int) -> Problem:
     return Problem("body-too-large", detail=f"the body may hold at most {limit} bytes",
                    max_body=limit)
+
+
+def code_reused(attempts_left: int | None) -> Problem:
+    """A code accepted once, offered again: refused like a wrong code, but said apart, so the
+    person waits for the next code instead of doubting the one they typed."""
+    extra: dict[str, Any] = {} if attempts_left is None else {"attempts_left": attempts_left}
+    return Problem("code-already-used", detail="this code has already been used; wait for the "
+                   "next code from your authenticator app (a new one every 30 seconds)", **extra)
 
 
 def retry_later(name: str, retry_after: float, detail: str) -> Problem:

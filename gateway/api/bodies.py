@@ -1,16 +1,19 @@
 """Request bodies of the own endpoints: JSON only, at most 16 KiB, validated by a pydantic
 model; every failure is a problem+json 4xx that says what was expected and what was
-found, never a 422 or a 500, and never echoes the value (it may be a code or a secret)."""
+found, never a 422 or a 500, and never echoes the value (it may be a code or a secret).
+Also the form of answer a request asks for (``format``, ``Accept``), refused the same way."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from gateway.factors.base import Factor, enrols_as_text
 from gateway.problems import Problem, bad_request, too_large
 
 JSON_LIMIT = 16 * 1024
@@ -119,3 +122,52 @@ def describe(errors: Sequence[Any]) -> str:
         return str(error["msg"]).removeprefix("Value error, ")
     expected = _expected(kind, error.get("ctx") or {}, str(error["msg"]))
     return f"expected '{where}' to be {expected}, found {_kind(error.get('input'))}"
+
+
+# ------------------------------------------------------------------ answer forms
+
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+
+
+def accept_weight(accept: str, media: str) -> float:
+    """The weight ``accept`` gives ``media``: its most specific matching range wins (RFC
+    9110 §12.5.1); a range with a malformed weight is skipped."""
+    main = media.split("/")[0]
+    best, rank = 0.0, -1
+    for item in accept.split(","):
+        name, *params = (part.strip() for part in item.split(";"))
+        name = name.lower()
+        specific = {media: 2, f"{main}/*": 1, "*/*": 0}.get(name)
+        if specific is None or specific <= rank:
+            continue
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                weight = float(value.strip()) if _QVALUE.fullmatch(value.strip()) else -1.0
+        if weight >= 0:
+            best, rank = weight, specific
+    return best
+
+
+def answer_format(request: Request, factor: Factor) -> str:
+    """``json`` or ``text``: the ``format`` query parameter if given (an order: a factor
+    without a text form refuses ``text``), else what ``Accept`` prefers (a preference: JSON,
+    the default, wins ties and stands in where there is no text form)."""
+    given = request.query_params.getlist("format")
+    if len(given) > 1:
+        raise bad_request(f"expected one 'format' parameter, found {len(given)}",
+                          "invalid-query")
+    if given:
+        if given[0] not in ("json", "text"):
+            raise bad_request("expected 'format' to be 'json' or 'text', found "
+                              f"{_kind(given[0])}", "invalid-query")
+        if given[0] == "text" and not enrols_as_text(factor):
+            raise bad_request(f"expected 'format' to be 'json': enrolling {factor.type} has no "
+                              "text form", "invalid-query")
+        return given[0]
+    accept = request.headers.get("accept", "")
+    if enrols_as_text(factor) and \
+            accept_weight(accept, "text/plain") > accept_weight(accept, "application/json"):
+        return "text"
+    return "json"

@@ -1,4 +1,4 @@
-"""The config document and the challenge handshake (SPEC §3.2, §3.3): create a challenge
+"""The config document and the challenge handshake (docs/protocol.md): create a challenge
 for a ticket, read its state, verify the factor's answer for a token."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from gateway.api.models import (
     TokenIssued,
 )
 from gateway.decision.tokens import Ticket
-from gateway.problems import Problem, bad_request, not_found, retry_later
+from gateway.problems import Problem, bad_request, code_reused, not_found, retry_later
 from gateway.store import ChallengeRecord
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}\Z")
@@ -123,7 +123,7 @@ class Handshake:
     async def _own_challenge(self, user: str, cid: str) -> ChallengeRecord:
         ch = await self.ctx.store.challenge(cid) if _ID.match(cid) else None
         if ch is None or ch.user != user:
-            raise not_found()  # unknown and foreign ids look the same (SPEC §3.3)
+            raise not_found()  # unknown and foreign ids look the same (docs/protocol.md)
         return ch
 
     def _state(self, ch: ChallengeRecord) -> str:
@@ -163,6 +163,12 @@ class Handshake:
                           state="expired")
         records = await ctx.store.factors(user)
         result = await factor.verify(user, ch, records, reply.mapping(), now)
+        if not result.ok and result.reused:
+            # A replay (a double submit, a code used for the previous request) is refused
+            # but is no evidence of guessing: no attempt spent, no failure counted.
+            await ctx.audit.emit("code_reused", user=user, rule=rule.name, factor=ch.factor,
+                                 factor_id=result.factor_id)
+            raise code_reused(ch.attempts_left)
         if not result.ok:
             left = await ctx.store.fail_challenge(ch.id)
             await ctx.regulator.failure(user, rule=rule.name, factor=ch.factor,

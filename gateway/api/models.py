@@ -150,10 +150,16 @@ class FactorList(BaseModel):
 
 
 class Confirmed(BaseModel):
+    """The factor is active. Confirming a user's first factor (no other active factor, no
+    recovery codes) also answers a first set of recovery codes, shown this once."""
+
     model_config = ConfigDict(extra="forbid")
     id: str
     type: str
     status: Literal["active"]
+    recovery_codes: list[str] | None = Field(
+        None, description="only when this was the user's first factor: single-use recovery "
+        "codes, XXXX-XXXX-XXXX-XXXX, shown once; keep them where the factor is not")
 
 
 class UserFactors(BaseModel):

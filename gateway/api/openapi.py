@@ -33,6 +33,7 @@ from gateway.api.models import (
     UserReset,
     UserUnlocked,
 )
+from gateway.factors.base import enrols_as_text
 from gateway.problems import CATALOGUE, PROBLEM_TYPE_PREFIX
 
 Security = Literal["none", "user", "managed", "admin"]
@@ -52,6 +53,16 @@ USER: Problems = {401: ("unauthenticated",)}
 MANAGED: Problems = {401: ("unauthenticated", "second-factor-required"),
                      403: ("enrollment-closed",), 409: ("token-in-use",)}
 ADMIN: Problems = {401: ("unauthenticated",), 404: ("not-found",)}
+
+# Enrolments a terminal can show: ``Accept: text/plain`` or ``?format=text``; every
+# enrolment refuses a bad ``format`` (400 invalid-query), text for a factor without one too.
+TEXT = ("for a terminal (Accept: text/plain, or format=text): the QR code in Unicode half "
+        "blocks, the secret, the otpauth URI, the factor id and the command that confirms it")
+FORMAT: dict[str, Any] = {
+    "name": "format", "description": "the answer's form: json (the default), or text for a "
+    "terminal, where the factor has one (totp); without it, Accept decides",
+    "schema": {"type": "string", "enum": ["json", "text"]}}
+BAD_FORMAT: Problems = {400: ("invalid-query",)}
 
 HEADERS: dict[int, dict[str, str]] = {
     401: {"WWW-Authenticate": "the challenge(s) to answer: Basic for the first factor, "
@@ -79,6 +90,7 @@ class Op:
     query: tuple[dict[str, Any], ...] = ()
     location: bool = False
     no_store: bool = True
+    text: str | None = None  # a text/plain form of the 2xx answer, so described
 
 
 def _merge(*parts: Problems) -> Problems:
@@ -97,6 +109,7 @@ def operations(ctx: Context) -> list[Op]:
     enrolled = tuple(dict.fromkeys(f.enrolled for f in registry.values()))
     factor = {"factor": "a factor type GET /config lists (POST), or a factor id from GET "
               "/factors or 'recovery' (DELETE)"}
+    as_text = any(enrols_as_text(f) for f in registry.values())
     ops = [
         Op("config", "GET", "/config", "Factors, token header, prefix, enrolment mode",
            "none", {200: (ConfigDoc,)}, _merge(COMMON), no_store=False),
@@ -114,8 +127,8 @@ def operations(ctx: Context) -> list[Op]:
         Op("verify", "POST", "/challenges/{challenge_id}/verify",
            "Answer a challenge: a token, or the factors an all_of rule still needs", "user",
            {200: (TokenIssued, FactorsRemaining)}, _merge(COMMON, JSON_BODY, USER, {
-               403: ("wrong-code",), 404: ("not-found",), 410: ("challenge-gone",),
-               429: ("locked",)}),
+               403: ("wrong-code", "code-already-used"), 404: ("not-found",),
+               410: ("challenge-gone",), 429: ("locked",)}),
            body=(Answer,), params={"challenge_id": "from the 201 answer"}),
         Op("list_factors", "GET", "/factors", "The user's factors", "user",
            {200: (FactorList,)}, _merge(COMMON, USER)),
@@ -123,9 +136,10 @@ def operations(ctx: Context) -> list[Op]:
            "Enrol a factor (the body and answer depend on the factor)", "managed",
            {201: enrolled}, _merge(COMMON, JSON_BODY, MANAGED, {
                400: ("invalid-address",), 404: ("unknown-factor",), 429: ("too-many-sends",),
-               502: ("delivery-failed",)}),
+               502: ("delivery-failed",)}, BAD_FORMAT),
            body=enrol_bodies, body_required=False, params=factor,
-           examples={"factor": list(registry)}),
+           examples={"factor": list(registry)}, query=(FORMAT,) if as_text else (),
+           text=TEXT if as_text else None),
         Op("delete_factor", "DELETE", "/factors/{factor}",
            "Remove a factor, or the recovery codes ('recovery'); revokes the user's tokens",
            "managed", {204: ()}, _merge(COMMON, MANAGED, {
@@ -134,12 +148,13 @@ def operations(ctx: Context) -> list[Op]:
         Op("confirm", "POST", "/factors/{factor_id}/confirm",
            "Confirm a pending factor with the factor's answer", "user", {200: (Confirmed,)},
            _merge(COMMON, JSON_BODY, USER, {
-               403: ("wrong-code",), 404: ("not-found",), 409: ("already-active",),
-               410: ("challenge-gone",), 429: ("locked",)}),
+               403: ("wrong-code", "code-already-used"), 404: ("not-found",),
+               409: ("already-active",), 410: ("challenge-gone",), 429: ("locked",)}),
            body=(ConfirmAnswer,), params={"factor_id": "from the enrolment's answer"}),
         Op("recovery_codes", "POST", "/recovery-codes",
            "A new set of recovery codes, shown once", "managed",
-           {201: (registry["recovery"].enrolled,)}, _merge(COMMON, JSON_BODY, MANAGED),
+           # a format parameter is refused here too: the codes have no text form
+           {201: (registry["recovery"].enrolled,)}, _merge(COMMON, JSON_BODY, MANAGED, BAD_FORMAT),
            body=(NoOptions,), body_required=False),
         Op("admin_user_factors", "GET", "/admin/users/{user}/factors",
            "A user's factors, recovery codes left, failures and lock", "admin",
@@ -166,11 +181,13 @@ def operations(ctx: Context) -> list[Op]:
     ]
     # Each factor's own enrolment, with its own body and answer, beside the generic one.
     for name, impl in registry.items():
+        text = enrols_as_text(impl)
         ops.append(Op(f"enrol_{name}", "POST", f"/factors/{name}", f"Enrol {name}", "managed",
                       {201: (impl.enrolled,)}, _merge(COMMON, JSON_BODY, MANAGED, {
                           400: ("invalid-address",), 429: ("too-many-sends",),
-                          502: ("delivery-failed",)} if impl.delivers else {}),
-                      body=(impl.enrol_body,), body_required=False))
+                          502: ("delivery-failed",)} if impl.delivers else {}, BAD_FORMAT),
+                      body=(impl.enrol_body,), body_required=False,
+                      query=(FORMAT,) if text else (), text=TEXT if text else None))
     return ops
 
 
@@ -209,6 +226,9 @@ def _responses(op: Op, schemas: _Schemas) -> dict[str, Any]:
         resp: dict[str, Any] = {"description": "success"}
         if models:
             resp["content"] = {"application/json": {"schema": schemas.of(models, "serialization")}}
+            if op.text is not None:
+                resp["content"]["text/plain"] = {"schema": {"type": "string",
+                                                            "description": op.text}}
         elif status != 204:
             resp["content"] = {"application/json": {"schema": {"type": "object"}}}
         headers: dict[str, Any] = {}

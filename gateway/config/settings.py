@@ -65,6 +65,9 @@ class ThrottleSettings:
     challenge_window: float = 600.0
     sends_per_window: int = 3
     send_window: float = 600.0
+    # Codes sent to an address while it is being enrolled, counted apart from challenge
+    # sends (docs/configuration.md, Throttling).
+    enrolment_sends_per_window: int = 5
     resend_after: float = 30.0
 
 

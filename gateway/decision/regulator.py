@@ -1,4 +1,4 @@
-"""Throttling in one place (SPEC §10): wrong codes, lockouts with back-off, challenge and
+"""Throttling in one place (docs/configuration.md): wrong codes, lockouts with back-off, challenge and
 send rates. It takes its store and clock in the constructor, so tests freeze time."""
 
 from __future__ import annotations
@@ -79,16 +79,28 @@ class Regulator:
         """A challenge that was not created after all (a refused resend, a failed send)."""
         await self.store.hit(f"challenges:{user}", self.t.challenge_window, self.clock(), -1)
 
-    async def start_send(self, user: str) -> None:
-        """Count a delivered code (429 beyond ``sends_per_window``): SMS pumping costs money."""
+    def _sends(self, user: str, enrolment: bool) -> tuple[str, int, str]:
+        """The counter, its limit and how to name it. Codes sent to an address being
+        enrolled have their own counter: a first session that enrols two channels and
+        then answers an all_of rule must not run out of challenge sends, and enrolment,
+        where the address is still unproven, keeps a cap of its own against SMS pumping."""
+        if enrolment:
+            return (f"enrolment-sends:{user}", self.t.enrolment_sends_per_window,
+                    "to addresses being enrolled ")
+        return f"sends:{user}", self.t.sends_per_window, ""
+
+    async def start_send(self, user: str, *, enrolment: bool = False) -> None:
+        """Count a delivered code (429 beyond ``sends_per_window``, or beyond
+        ``enrolment_sends_per_window`` for an ``enrolment``): SMS pumping costs money."""
         t, now = self.t, self.clock()
-        key = f"sends:{user}"
-        if await self.store.hit(key, t.send_window, now) > t.sends_per_window:
+        key, limit, what = self._sends(user, enrolment)
+        if await self.store.hit(key, t.send_window, now) > limit:
             await self.store.hit(key, t.send_window, now, -1)
             raise retry_later("too-many-sends", window_of(now, t.send_window)[1] - now,
-                              f"at most {t.sends_per_window} codes are sent per "
+                              f"at most {limit} codes are sent {what}per "
                               f"{int(t.send_window // 60)} minutes")
 
-    async def give_back_send(self, user: str) -> None:
+    async def give_back_send(self, user: str, *, enrolment: bool = False) -> None:
         """A send the channel refused is not counted."""
-        await self.store.hit(f"sends:{user}", self.t.send_window, self.clock(), -1)
+        key, _limit, _what = self._sends(user, enrolment)
+        await self.store.hit(key, self.t.send_window, self.clock(), -1)

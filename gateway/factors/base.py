@@ -1,4 +1,4 @@
-"""The Factor interface: every step a kind of second factor takes (SPEC §8).
+"""The Factor interface: every step a kind of second factor takes (docs/protocol.md).
 
 A factor enrols (a pending record, or state it keeps itself), confirms the enrolment,
 starts a challenge and verifies an answer given as a mapping (``{"code": "..."}`` today,
@@ -34,6 +34,15 @@ Answer = Mapping[str, Any]
 class Verification:
     ok: bool
     factor_id: str | None = None  # the record that answered: its last use is recorded
+    # The answer was right once but has been used already (a TOTP step accepted before):
+    # refused, yet no evidence of guessing, so the caller spends no attempt on it.
+    reused: bool = False
+
+
+def outcome(result: bool | Verification) -> Verification:
+    """What ``Factor.confirm`` answered, as a Verification (a plain bool says right or
+    wrong; a Verification can also say the answer was a replay)."""
+    return result if isinstance(result, Verification) else Verification(result)
 
 
 @dataclass
@@ -60,6 +69,9 @@ class Enrolment:
     event: str = "factor_added"
     details: dict[str, Any] = field(default_factory=dict)
     notice: str | None = None  # announced to the user out of band at once
+    # ``reply`` for a terminal (``Accept: text/plain``), from a factor whose class sets
+    # ``text_enrolment = True``; the caller adds the factor id and the confirm command.
+    text: str | None = None
 
 
 class Factor(Protocol):
@@ -94,9 +106,10 @@ class Factor(Protocol):
         ...
 
     async def confirm(self, record: FactorRecord, challenge: ChallengeRecord | None,
-                      answer: Answer, now: float) -> bool:
+                      answer: Answer, now: float) -> bool | Verification:
         """Whether ``answer`` proves the pending ``record`` (``challenge``: the one started
-        at enrolment, if the enrolment asked for one; the caller makes it single use)."""
+        at enrolment, if the enrolment asked for one; the caller makes it single use); a
+        Verification when there is more to say (``reused``)."""
         ...
 
     async def start(self, user: str, records: list[FactorRecord], challenge_id: str) -> Started:
@@ -106,6 +119,12 @@ class Factor(Protocol):
 
     async def verify(self, user: str, challenge: ChallengeRecord, records: list[FactorRecord],
                      answer: Answer, now: float) -> Verification: ...
+
+
+def enrols_as_text(factor: Factor) -> bool:
+    """Whether a factor's enrolment also has a terminal form (``Enrolment.text``): an
+    optional class attribute ``text_enrolment``, so factors without one need not say so."""
+    return getattr(factor, "text_enrolment", False) is True
 
 
 class Channel(Protocol):

@@ -132,7 +132,7 @@ class DeliveredFactor:
             raise bad_request(f"expected {EXPECTED.get(self.ch.address, 'an address')}",
                               "invalid-address")
         # Nothing is stored yet: the caller sends the first code before it keeps the
-        # record, so a failed delivery creates nothing (SPEC §8).
+        # record, so a failed delivery creates nothing (docs/protocol.md).
         record = FactorRecord(id=factor_id, user=user, type=self.type, status="pending",
                               label=mask(address),
                               data=seal_address(self.keys, user, factor_id, address),

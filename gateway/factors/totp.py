@@ -34,18 +34,34 @@ def otpauth_uri(secret: str, user: str, issuer: str) -> str:
     return pyotp.TOTP(secret, issuer=issuer, name=user).provisioning_uri()
 
 
-def qr_svg(uri: str) -> str:
+def _qr(uri: str) -> segno.QRCode:
+    return segno.make(uri, error="m", micro=False)  # authenticator apps read no Micro QR
+
+
+def qr_svg(uri: str, qr: segno.QRCode | None = None) -> str:
     buf = io.BytesIO()
     # An explicit white background: scanners (and zbarimg) fail on transparent ones.
-    segno.make(uri, error="m").save(buf, kind="svg", scale=4, border=4, light="white",
-                                    dark="black", xmldecl=False)
+    (qr or _qr(uri)).save(buf, kind="svg", scale=4, border=4, light="white", dark="black",
+                          xmldecl=False)
     return buf.getvalue().decode()
 
 
-def terminal_qr(uri: str) -> str:
+def terminal_qr(uri: str, qr: segno.QRCode | None = None) -> str:
+    """The QR code in Unicode half blocks, two modules a character cell: light modules
+    (and the quiet zone) are drawn, for the light-on-dark terminals most people use."""
     buf = io.StringIO()
-    segno.make(uri, error="m").terminal(out=buf, compact=True)
+    (qr or _qr(uri)).terminal(out=buf, compact=True)
     return buf.getvalue()
+
+
+def enrolment_text(uri: str, secret: str, qr: segno.QRCode | None = None) -> str:
+    """What a terminal shows of a new TOTP factor: the QR code, and the same by hand."""
+    return ("Scan this QR code with your authenticator app:\n\n"
+            f"{terminal_qr(uri, qr)}\n"
+            "If the app cannot read it (it is drawn for a dark terminal background), add\n"
+            "the key by hand (time-based, 6 digits, every 30 seconds):\n\n"
+            f"Secret:       {secret}\n"
+            f"otpauth URI:  {uri}\n")
 
 
 def _aad(user: str, factor_id: str) -> str:
@@ -97,6 +113,7 @@ class TotpFactor:
     delivers = False
     enrol_body = TotpEnrol
     enrolled = TotpEnrolled
+    text_enrolment = True  # Accept: text/plain answers a QR code a terminal can show
 
     def __init__(self, store: Store, keys: KeyRing, issuer: str = "Stepgate") -> None:
         self.store = store
@@ -123,19 +140,27 @@ class TotpFactor:
         uri = otpauth_uri(secret, user, self.issuer)
         record = self.record(user, factor_id, secret, label=body.get("label") or "authenticator",
                              now=now, status="pending")
+        qr = _qr(uri)
         return Enrolment(record=record,
-                         reply={"secret": secret, "otpauth_uri": uri, "qr_svg": qr_svg(uri)})
+                         reply={"secret": secret, "otpauth_uri": uri, "qr_svg": qr_svg(uri, qr)},
+                         text=enrolment_text(uri, secret, qr))
 
     def secret_of(self, record: FactorRecord) -> str:
         return open_data(self.keys, record.data, "secret", _aad(record.user, record.id))
 
-    async def check(self, record: FactorRecord, code: str, now: float) -> bool:
+    async def check(self, record: FactorRecord, code: str, now: float) -> Verification:
         step = matching_step(self.secret_of(record), code, now)
-        # A code, or any earlier step's, accepted once is never accepted again (RFC 6238 §5.2).
-        return step is not None and await self.store.advance_counter(record.id, step, now)
+        if step is None:
+            return Verification(False)
+        # A code, or any earlier step's, accepted once is never accepted again (RFC 6238
+        # §5.2). Such a code is a replay (a second submit, a code read over a shoulder), not
+        # a guess: it says so. The stored counter settles a race the record did not see.
+        if step <= record.counter or not await self.store.advance_counter(record.id, step, now):
+            return Verification(False, record.id, reused=True)
+        return Verification(True, record.id)
 
     async def confirm(self, record: FactorRecord, challenge: ChallengeRecord | None,
-                      answer: Answer, now: float) -> bool:
+                      answer: Answer, now: float) -> Verification:
         return await self.check(record, code_of(answer), now)
 
     async def start(self, user: str, records: list[FactorRecord], challenge_id: str) -> Started:
@@ -146,8 +171,11 @@ class TotpFactor:
         code = code_of(answer)
         if not CODE.fullmatch(code):
             return Verification(False)
+        replayed: Verification | None = None
         for record in records:
             if record.type == self.type and record.status == "active":
-                if await self.check(record, code, now):
-                    return Verification(True, record.id)
-        return Verification(False)
+                result = await self.check(record, code, now)
+                if result.ok:
+                    return result
+                replayed = replayed or (result if result.reused else None)
+        return replayed or Verification(False)

@@ -1,4 +1,4 @@
-"""SPEC §8: the factor interface lets a new factor be added without changing the challenge
+"""docs/protocol.md: the factor interface lets a new factor be added without changing the challenge
 endpoints. A toy factor unlike any built-in one goes through every endpoint; the
 endpoints know factors only through gateway/factors/base.py; factor data is a sealed
 document with a generic counter."""
@@ -119,8 +119,10 @@ async def test_a_new_kind_of_factor_needs_no_endpoint_change(make_app: MakeApp) 
         wrong = await client.post(doc["confirm_uri"], json=signed("other", 1))
         assert wrong.status_code == 403 and wrong.json()["attempts_left"] == 4
         ok = await client.post(doc["confirm_uri"], json=signed(doc["nonce"], 1))
-        assert ok.status_code == 200 and ok.json() == {"id": doc["id"], "type": "pager",
-                                                       "status": "active"}
+        assert ok.status_code == 200
+        confirmed = ok.json()
+        assert len(confirmed.pop("recovery_codes")) == 10  # the user's first factor
+        assert confirmed == {"id": doc["id"], "type": "pager", "status": "active"}
         ticket = (await client.get("/toy")).json()["ticket"]
         ch = (await client.post(f"{P}/challenges", json={"ticket": ticket})).json()
         assert ch["factor"] == "pager" and ch["nonce"] and "resend_after" not in ch
@@ -130,7 +132,7 @@ async def test_a_new_kind_of_factor_needs_no_endpoint_change(make_app: MakeApp) 
         assert token.status_code == 200, token.text
         r = await client.get("/toy", headers={"X-Stepgate-Token": token.json()["token"]})
         assert r.status_code == 200
-        (listed,) = (await client.get(f"{P}/factors")).json()["factors"]
+        listed, _codes = (await client.get(f"{P}/factors")).json()["factors"]
         assert listed["type"] == "pager" and listed["last_used_at"] is not None
         # the document describes its enrolment from its own models
         api = document(app.context, operations(app.context))

@@ -145,12 +145,15 @@ def test_command_channel_enrol_and_codes_bound_to_their_challenge(gw: GatewayPro
             assert c.post(b["verify_uri"], json={"code": code_a}).status_code == 403
         v = c.post(b["verify_uri"], json={"code": code_b})
         assert v.status_code == 200
-        (sms,) = c.get(f"{P}/factors").json()["factors"]
+        sms, _codes = c.get(f"{P}/factors").json()["factors"]  # codes came with the first
         assert sms["type"] == "sms" and sms["last_used_at"] is not None
         assert c.get("/sms/1", headers={"X-Stepgate-Token": v.json()["token"]}).status_code == 200
         assert c.post(b["verify_uri"], json={"code": code_b}).status_code == 410  # single use
-        # a fourth code within ten minutes is refused
+        # a fourth challenge code within ten minutes is refused (the enrolment's code is
+        # counted apart: enrolment_sends_per_window)
         t = c.get("/sms/2").json()["ticket"]
+        assert c.post(f"{P}/challenges", json={"ticket": t}).status_code == 201
+        t = c.get("/sms/3").json()["ticket"]
         limited = c.post(f"{P}/challenges", json={"ticket": t})
         assert limited.status_code == 429
         assert limited.json()["type"] == "urn:stepgate:problem:too-many-sends"

@@ -34,8 +34,10 @@ def enrol(gw: GatewayProcess, user: str, device_holder: dict[str, Any] | None = 
         assert wrong.status_code == 403
         ok = c.post(f"{P}/factors/{doc['id']}/confirm", json={"code": device.code()})
         assert ok.status_code == 200 and ok.json()["status"] == "active"
+        assert len(ok.json()["recovery_codes"]) == 10  # the first factor brings them
         listed = c.get(f"{P}/factors").json()["factors"]
-        assert [(f["type"], f["status"]) for f in listed] == [("totp", "active")]
+        assert [(f["type"], f["status"]) for f in listed] == [("totp", "active"),
+                                                              ("recovery", "active")]
     return device
 
 

@@ -354,7 +354,8 @@ async def test_management_needs_step_up_and_binds_to_the_change(env: Env) -> Non
     gone = await env.client.delete(f"{P}/factors/{fid}", auth=("alice", PW),
                                    headers={"X-Stepgate-Token": tok})
     assert gone.status_code == 204
-    assert (await env.client.get(f"{P}/factors", auth=("alice", PW))).json()["factors"] == []
+    left = (await env.client.get(f"{P}/factors", auth=("alice", PW))).json()["factors"]
+    assert [f["id"] for f in left] == ["recovery"]  # issued with the first factor, kept
     env.app.audit.flush()
     events = [json.loads(line)["event"] for line in env.audit.getvalue().splitlines()]
     assert "factor_removed" in events

@@ -1,7 +1,7 @@
 """Sections about deciding and challenging: ``policies`` and ``default_action`` (the rules
 themselves are validated by config.rules against the factors the earlier sections enabled),
 ``manage`` (the built-in ``stepgate:manage`` rule), the lifetimes ``challenge_ttl`` and
-``ticket_ttl``, and ``throttle`` (SPEC §10)."""
+``ticket_ttl``, and ``throttle`` (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _policies(r: Reader, ctx: Loading) -> None:
 
 
 def identity_problem(ctx: Loading, rules: RuleSet) -> str | None:
-    """Rules that require a second factor need to know who the user is (SPEC §6)."""
+    """Rules that require a second factor need to know who the user is (docs/configuration.md)."""
     if not any(rule.require for rule in rules.rules):
         return None
     if ctx.values.get("basic") or ctx.values.get("header_identity"):
@@ -54,13 +54,16 @@ THROTTLE = Group(ThrottleSettings, (
     Duration("challenge_window"),
     Integer("sends_per_window", minimum=1, doc="codes sent per user per send_window"),
     Duration("send_window"),
+    Integer("enrolment_sends_per_window", minimum=1,
+            doc="codes sent per user per send_window to addresses being enrolled, counted "
+            "apart from sends_per_window"),
     Duration("resend_after", doc="between sends for the same ticket and factor"),
 ))
 
 MANAGE = Group(ManageSettings, (
     Choice("binding", literal(ManageSettings, "binding"),
            doc="binding of the built-in stepgate:manage rule (factor changes)"),
-    # A token is never valid for longer than a rule's may be (SPEC §4).
+    # A token is never valid for longer than a rule's may be (docs/protocol.md).
     Duration("ttl", maximum=MAX_TTL),
 ))
 
