@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import settings
-from gateway.cli.store import store_problem
+from gateway.cli.common import KEYS_FILE_ENV, USAGE, config_path, keys_file, report, shown
+from gateway.cli.preflight import preflight
+from gateway.cli.store import check_store
+from gateway.config.load import check_settings
 from gateway.config.settings import Settings
 
 DEMO_KEYS = "stepgate-demo.keys"
@@ -32,26 +34,40 @@ def _uvicorn_kwargs(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 date_header=False, log_level="info", proxy_headers=False, ws="none")
 
 
+def worker_app() -> Any:
+    """Factory for server processes when there are several: the configuration named by
+    STEPGATE_CONFIG and the keys ``run`` was told to read (STEPGATE_KEYS_FILE)."""
+    from gateway.config.load import load_settings
+    from gateway.http.app import create_app
+    from gateway.keys import KeyRing
+    s = load_settings(os.environ["STEPGATE_CONFIG"])
+    file = os.environ.get(KEYS_FILE_ENV)
+    return create_app(s, keys=KeyRing.from_settings(s.keys, Path(file) if file else None))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    """Refuse, exit 2, on what ``stepgate check`` reports; exit 1 when the store does not
+    answer; otherwise serve until stopped."""
     import uvicorn
 
     from gateway.http.app import create_app
-    from gateway.keys import AdminKeyError, KeyError_
-    s = settings(args.config)
+    checked = check_settings(config_path(args.config))
+    found = preflight(checked, keys_file(args))
+    problems = [*checked.errors, *found.problems]
+    if problems or checked.settings is None or found.keys is None:
+        report(problems, found.hints)
+        return USAGE
+    s = checked.settings
     workers = args.workers or s.workers
     kw = _uvicorn_kwargs(s, args)
-    try:
-        app = create_app(s)  # built here too with several workers: key errors surface once
-    except (KeyError_, AdminKeyError) as exc:
-        print(f"stepgate: {exc}", file=sys.stderr)
-        return 2
-    problem = asyncio.run(store_problem(s))  # a lost store refuses here, before serving
-    if problem is not None:
-        print(f"stepgate: {problem}", file=sys.stderr)
-        return 1
+    app = create_app(s, keys=found.keys)
+    asyncio.run(check_store(s, args))  # migrations, and a store that does not answer
     if workers > 1:
         os.environ["STEPGATE_CONFIG"] = str(s.source)
-        uvicorn.run("gateway.http.app:app_from_env", factory=True, workers=workers, **kw)
+        file = keys_file(args)
+        if file is not None:
+            os.environ[KEYS_FILE_ENV] = str(file.resolve())
+        uvicorn.run("gateway.cli.run:worker_app", factory=True, workers=workers, **kw)
         return 0
     uvicorn.run(app, **kw)
     return 0
@@ -64,22 +80,59 @@ def cmd_demo_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_demo_keys() -> None:
-    from gateway.keys import generate_data_key, generate_signing_key
-    path = Path(DEMO_KEYS)
-    if not path.exists():
-        path.write_text(json.dumps({"STEPGATE_KEYS": generate_signing_key(),
-                                    "STEPGATE_DATA_KEYS": generate_data_key()}) + "\n")
-        path.chmod(0o600)
-        print(f"stepgate demo: wrote new demo keys to {path}")
-    for name, value in json.loads(path.read_text()).items():
-        os.environ.setdefault(name, value)
+def _convert_json_keys(path: Path) -> None:
+    """Earlier demos wrote their keys as JSON; rewritten as a keys file (same keys, so what
+    was enrolled with them still opens)."""
+    from gateway.keys import DATA_NAME, SIGNING_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+            lines = f"{SIGNING_NAME}={doc[SIGNING_NAME]}\n{DATA_NAME}={doc[DATA_NAME]}\n"
+        except (ValueError, KeyError, TypeError):
+            return  # not what a demo wrote: reading it will say what is wrong
+        path.write_text(lines, encoding="utf-8")
+
+
+def ensure_demo_keys(s: Settings, args: argparse.Namespace) -> None:
+    """Create the keys the demo's configuration names when they are not there yet: the
+    configured keys file (config.example.yaml names stepgate-demo.keys, so every command
+    given that configuration finds them), or, for a configuration that names no file and
+    whose variables are unset, stepgate-demo.keys here, passed on as --keys-file."""
+    from gateway.keys import KeyError_, KeyRing, keys_file_text
+    for path in {s.keys.file, s.keys.data_file, Path(DEMO_KEYS)} - {None}:
+        assert path is not None
+        _convert_json_keys(path)
+    try:
+        KeyRing.from_settings(s.keys, keys_file(args))
+        return
+    except KeyError_ as exc:
+        missing = list(dict.fromkeys(exc.unreadable))
+        if not missing and exc.unset and keys_file(args) is None and s.keys.file is None:
+            args.keys_file = DEMO_KEYS
+            if not Path(DEMO_KEYS).exists():
+                missing = [Path(DEMO_KEYS)]
+            print(f"stepgate demo: other commands read the demo keys with --keys-file "
+                  f"{DEMO_KEYS}")
+    for path in missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(keys_file_text())
+        print(f"stepgate demo: wrote new demo keys to {shown(path)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The demo upstream and the gateway in one command, on config.example.yaml."""
-    _ensure_demo_keys()
-    s = settings(args.config)
+    checked = check_settings(config_path(args.config))
+    if checked.settings is None:
+        report(checked.errors)
+        return USAGE
+    s = checked.settings
+    ensure_demo_keys(s, args)
     # uvicorn re-raises the signal that stopped it; turning SIGTERM into SystemExit lets
     # the `finally` below stop the demo upstream too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -87,8 +140,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                  s.upstream.url.split("//", 1)[1]])
     try:
         time.sleep(0.5)
+        host, port = s.listen_host, s.listen_port
+        if getattr(args, "listen", None):
+            host, _, p = args.listen.rpartition(":")
+            port = int(p)
         print(f"stepgate demo: upstream at {s.upstream.url}, gateway at "
-              f"http://{s.listen_host}:{s.listen_port} (Ctrl-C stops both)")
+              f"http://{host}:{port} (Ctrl-C stops both)")
         return cmd_run(args)
     finally:
         upstream.terminate()

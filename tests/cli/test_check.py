@@ -106,6 +106,19 @@ SCENARIOS: list[tuple[str, dict[str, Any], dict[str, str | None], dict[str, str]
     ("audit file", {"audit": {"path": "audit.jsonl"}}, {}, {}, False, []),
     ("store lost", {}, {}, {"s.db.instance": "x\n"}, True,
      ["store: expected the store at", "stepgate store init"]),
+    ("store not a database", {}, {}, {"s.db": "not sqlite " * 100}, True,
+     ["store: expected an SQLite database at", "s.db"]),
+    ("store a folder", {}, {}, {"s.db/": ""}, True,
+     ["store: expected an SQLite database at", "found a folder"]),
+    ("one keys file for both lists", {"keys": {"file": "k.keys", "data_file": "k.keys"}},
+     {"STEPGATE_KEYS": None, "STEPGATE_DATA_KEYS": None},
+     {"k.keys": f"STEPGATE_KEYS={SIGNING}\nSTEPGATE_DATA_KEYS={DATA}\n"}, False, []),
+    ("one keys file holding one bare list", {"keys": {"file": "k.keys", "data_file": "k.keys"}},
+     {}, {"k.keys": SIGNING + "\n"}, True,
+     ["keys.file: expected the lines STEPGATE_KEYS=... and STEPGATE_DATA_KEYS=..."]),
+    ("keys file without the data keys", {"keys": {"file": "k.keys", "data_file": "k.keys"}},
+     {}, {"k.keys": f"STEPGATE_KEYS={SIGNING}\n"}, True,
+     ["keys.data_file: expected a line STEPGATE_DATA_KEYS=... with data keys in"]),
     ("configuration error", {"workers": 0}, {}, {}, True,
      ["workers: expected an integer >= 1 and <= 64, found the number 0"]),
 ]
@@ -130,7 +143,7 @@ def test_check_refuses_exactly_when_run_refuses(
     for word in words:
         assert word in out, out
     # check creates nothing that would change what run finds
-    assert not (tmp_path / "s.db").exists()
+    assert (tmp_path / "s.db").exists() == ("s.db" in files or "s.db/" in files)
     assert run_refuses(path, monkeypatch) == refused
 
 
@@ -168,4 +181,8 @@ def test_check_as_a_process_names_the_variable_and_the_fix(tmp_path: Path) -> No
     assert r.stderr.splitlines() == [
         "stepgate: 1 problem(s) in the configuration:",
         f"  - {tmp_path / 'c.yaml'}: keys.env: expected signing keys in environment variable "
-        "STEPGATE_KEYS, found it unset or empty (create them with 'stepgate keys generate')"]
+        "STEPGATE_KEYS, found it unset or empty",
+        f"to create keys: stepgate keys generate --output {tmp_path / 'stepgate.keys'}",
+        f"  then set keys.file and keys.data_file to stepgate.keys in {tmp_path / 'c.yaml'},",
+        f"  or pass --keys-file {tmp_path / 'stepgate.keys'} to each command,",
+        "  or set STEPGATE_KEYS to the values the file holds"]

@@ -20,8 +20,8 @@ from ..conftest import ROOT
 def test_entry_points() -> None:
     assert main is gateway.cli.main  # pyproject: stepgate = "gateway.cli:main"
     commands = parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert sorted(commands) == ["audit", "check", "demo", "demo-upstream", "explain", "keys",
-                                "run", "schema", "store", "users"]
+    assert {"audit", "check", "demo", "demo-upstream", "explain", "keys", "run", "schema",
+            "store", "users"} <= set(commands)
 
 
 def test_python_dash_m_gateway() -> None:

@@ -26,10 +26,11 @@ STORE = Group(Settings, (
 KEYS = Group(KeySettings, (
     Text("env", doc="environment variable with the signing keys, comma- or line-separated; "
                     "the first signs, all verify"),
-    Text("file", doc="file with the signing keys (instead of env)"),
+    Text("file", doc="file with the signing keys, read when the variable is unset (a file "
+                      "written by 'stepgate keys generate --output' serves both lists)"),
     Text("data_env", doc="environment variable with the AES-256-GCM data keys; the first "
                          "encrypts"),
-    Text("data_file", doc="file with the data keys (instead of data_env)"),
+    Text("data_file", doc="file with the data keys, read when data_env's variable is unset"),
 ))
 
 ADMIN = Group(Settings, (
