@@ -1,5 +1,5 @@
 """The benchmark runs for a second per scenario, so it does not rot. It asserts shape,
-never speed (SPEC §13: no timed assertions). Where nginx, wrk or curl is missing the
+never speed (docs/performance.md: no timed assertions). Where nginx, wrk or curl is missing the
 benchmark installs them from Debian packages (as root, like CI); skipped only where it
 cannot."""
 

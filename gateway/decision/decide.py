@@ -331,7 +331,7 @@ class Decider:
 
     def challenge(self, rule: Rule, user: str, bound: Bound | None, *, identity: bool = False,
                   detail: str | None = None) -> Problem:
-        """The 401 (SPEC §3.1): the identity source's challenge when nobody is identified,
+        """The 401 (docs/protocol.md): the identity source's challenge when nobody is identified,
         the SecondFactor challenge with a signed ticket, and RFC 9470's when asked for."""
         req = rule.require
         assert req is not None

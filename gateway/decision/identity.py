@@ -282,7 +282,7 @@ class HeaderIdentitySource:
 
 Builder = Callable[[Any, Any, Forwarder, HeaderPolicy, Callable[[], float]], IdentitySource]
 
-# The identity sources by the name the configuration gives them (SPEC §6); each builder takes
+# The identity sources by the name the configuration gives them (docs/configuration.md); each builder takes
 # (basic settings, header settings, forwarder, header policy, clock).
 SOURCES: dict[str, Builder] = {
     "header": lambda basic, header, fw, hp, clock: HeaderIdentitySource(header, hp),

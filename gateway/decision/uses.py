@@ -1,6 +1,6 @@
 """Counted token uses: reserved before a request goes on, settled by what its outcome proves.
 
-A single-use token must never deliver a request to the upstream twice (DD 52). So a
+A single-use token must never deliver a request to the upstream twice. So a
 use is given back only when the request definitely had no effect: the connection to
 the upstream could not be opened, or the upstream answered with a definite failure
 (a status at or above ``upstream.success_below``). Any other outcome — a success, a

@@ -208,7 +208,7 @@ def lean_aiohttp() -> Any:
 
 
 class AiohttpForwarder:
-    """Measured fastest here (SPEC §13); no cookie jar, no decompression, no redirects."""
+    """Measured fastest here (docs/performance.md); no cookie jar, no decompression, no redirects."""
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
                  pool_size: int = 100, pool_timeout: float = 5.0) -> None:
@@ -271,7 +271,7 @@ class AiohttpForwarder:
         slots = self._slots
         if not slots.take_now() and not await slots.take(self.pool_timeout):
             raise upstream_busy()
-        # encoded=True: forward the path byte for byte, no re-quoting (SPEC §9).
+        # encoded=True: forward the path byte for byte, no re-quoting (docs/configuration.md).
         url = self._URL(self.base_url + target, encoded=True)
         try:
             resp = await session.request(method, url, headers=self._prepared(

@@ -1,5 +1,5 @@
 """Header hygiene between client and upstream: hop-by-hop fields, our own headers,
-forwarding and rewrite fields, evidence headers (SPEC §9)."""
+forwarding and rewrite fields, evidence headers (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class HeaderPolicy:
         """The upstream request's headers, as str pairs for the client stack.
 
         The client's hop-by-hop fields, including every field its Connection header
-        names, are removed first; only then are ours appended (SPEC §9), so a client
+        names, are removed first; only then are ours appended (docs/configuration.md), so a client
         cannot make the gateway drop its own evidence headers.
         """
         trusted = bool(self.trusted) and self.is_trusted(client)

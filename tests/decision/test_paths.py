@@ -1,4 +1,4 @@
-"""The canonicaliser, one row per bypass class (SPEC §9)."""
+"""The canonicaliser, one row per bypass class (docs/configuration.md)."""
 
 from __future__ import annotations
 

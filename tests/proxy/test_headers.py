@@ -1,4 +1,4 @@
-"""Header hygiene on the way up and down (SPEC §9), table-driven."""
+"""Header hygiene on the way up and down (docs/configuration.md), table-driven."""
 
 from __future__ import annotations
 
