@@ -1,0 +1,210 @@
+"""Real PostgreSQL and Redis servers for the tests, started on loopback once per test
+process and stopped at its end.
+
+    from tests.servers import postgres, redis
+    url = postgres().new_database()      # postgresql://postgres@127.0.0.1:P/db_3
+    hot = redis().url(db=0)              # redis://127.0.0.1:P/0
+
+Both servers come from the system's packages; when one is missing and the tests run as
+root on Debian, it is installed with apt-get (a few seconds each), so the README's test
+command needs nothing else. PostgreSQL refuses to run as root: initdb and postgres run as
+the ``postgres`` user in a folder it owns. Each server can be stopped, started again on
+the same port with its data, or paused with SIGSTOP (a server that stops answering) to
+test how the gateway fails closed and recovers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+_lock = threading.Lock()
+_apt_updated = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _apt_install(package: str) -> None:
+    global _apt_updated
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise RuntimeError(f"{package} is not installed and cannot be installed here "
+                           f"(not root, or no apt-get): apt-get install {package}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if not _apt_updated:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env,
+                       capture_output=True, timeout=600)
+        _apt_updated = True
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                   check=True, env=env, capture_output=True, timeout=900)
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
+
+
+class _Server:
+    proc: subprocess.Popen[bytes] | None = None
+    port: int
+    name = "server"
+
+    def _command(self) -> tuple[list[str], dict[str, object]]:
+        raise NotImplementedError
+
+    def _ready(self) -> None:
+        assert self.proc is not None
+        _wait_port(self.port, self.proc, self.name)
+
+    def start(self) -> None:
+        """Start (again) on the same port, with the data it had."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        cmd, kw = self._command()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     **kw)  # type: ignore[call-overload]
+        self._ready()
+
+    def stop(self) -> None:
+        """Stop the server (its data stays; ``start`` brings it back)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)  # a paused server must be able to hear the stop
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections open and stops answering."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class PostgresServer(_Server):
+    name = "postgres"
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+        if not bins:
+            _apt_install("postgresql")
+            bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+        self.bin = Path(bins[-1]).parent
+        self.dir = Path(tempfile.mkdtemp(prefix="stepgate-pg-"))
+        self.port = free_port()
+        self._as: dict[str, object] = {}
+        if os.geteuid() == 0:
+            # PostgreSQL refuses to run as root.
+            shutil.chown(self.dir, "postgres", "postgres")
+            self._as = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        subprocess.run([str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
+                        "--auth=trust", "--locale=C", "-E", "UTF8", "--no-sync"],
+                       check=True, capture_output=True, timeout=120, **self._as)  # type: ignore[call-overload]
+        self._numbers = itertools.count(1)
+        self.start()
+
+    def _command(self) -> tuple[list[str], dict[str, object]]:
+        return ([str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+                 "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                 "-c", "max_connections=400"], dict(self._as))
+
+    def _ready(self) -> None:
+        super()._ready()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            r = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p",
+                                str(self.port), "-U", "postgres"], capture_output=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("postgres did not become ready")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self, name: str | None = None) -> str:
+        """A new, empty database; its URL."""
+        name = name or f"db_{next(self._numbers)}"
+        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                        "-U", "postgres", name], check=True, capture_output=True, timeout=60)
+        return self.url(name)
+
+    def psql(self, database: str, sql: str) -> str:
+        r = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+                            "-U", "postgres", "-d", database, "-At", "-c", sql],
+                           check=True, capture_output=True, text=True, timeout=60)
+        return r.stdout
+
+
+class RedisServer(_Server):
+    name = "redis-server"
+
+    def __init__(self) -> None:
+        if shutil.which("redis-server") is None:
+            _apt_install("redis-server")
+        self.dir = Path(tempfile.mkdtemp(prefix="stepgate-redis-"))
+        self.port = free_port()
+        self.start()
+
+    def _command(self) -> tuple[list[str], dict[str, object]]:
+        # No persistence, as many deployments run it: a restart forgets everything.
+        return (["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.dir), "--databases", "64"], {})
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+
+_servers: dict[str, _Server] = {}
+
+
+def _get(kind: str, make: type[_Server]) -> _Server:
+    with _lock:
+        server = _servers.get(kind)
+        if server is None:
+            server = _servers[kind] = make()
+            atexit.register(server.stop)
+        elif server.proc is None or server.proc.poll() is not None:
+            server.start()  # a test stopped it and failed before starting it again
+        return server
+
+
+def postgres() -> PostgresServer:
+    server = _get("postgres", PostgresServer)
+    assert isinstance(server, PostgresServer)
+    return server
+
+
+def redis() -> RedisServer:
+    server = _get("redis", RedisServer)
+    assert isinstance(server, RedisServer)
+    return server
