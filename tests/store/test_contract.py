@@ -225,6 +225,17 @@ async def test_recovery_codes(store: Store) -> None:
     assert await store.recovery_codes_left("bob") == 0
 
 
+async def test_users_and_recovery_code_hashes_for_copying(store: Store) -> None:
+    assert await store.users() == []
+    await store.add_factor(factor("f1", user="carol"))
+    await store.add_factor(factor("f2", user="carol"))
+    await store.replace_recovery_codes("alice", ["h2", "h1", "h3"], 1.0)
+    assert await store.consume_recovery_code("alice", "h2", 2.0)
+    assert await store.users() == ["alice", "carol"]
+    assert await store.recovery_code_hashes("alice") == ["h1", "h3"]
+    assert await store.recovery_code_hashes("carol") == []
+
+
 async def test_delete_user_removes_everything_and_revokes(store: Store) -> None:
     await store.add_factor(factor("f1"))
     await store.add_factor(factor("f2"))

@@ -76,6 +76,18 @@ class Factors(Connection):
         return cur.rowcount == 1
 
     @guard
+    def users(self) -> list[str]:
+        rows = self.conn.execute("SELECT user FROM factors UNION SELECT user FROM recovery_codes "
+                                 "ORDER BY 1").fetchall()
+        return [str(r[0]) for r in rows]
+
+    @guard
+    def recovery_code_hashes(self, user: str) -> list[str]:
+        rows = self.conn.execute("SELECT hash FROM recovery_codes WHERE user = ? AND used_at IS "
+                                 "NULL ORDER BY hash", (user,)).fetchall()
+        return [str(r[0]) for r in rows]
+
+    @guard
     def recovery_codes_left(self, user: str) -> int:
         row = self.conn.execute("SELECT COUNT(*) FROM recovery_codes WHERE user = ? AND "
                                 "used_at IS NULL", (user,)).fetchone()
