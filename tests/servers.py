@@ -100,13 +100,27 @@ class _Server:
             proc.wait(10)
 
     def pause(self) -> None:
-        """SIGSTOP: the server keeps its connections open and stops answering."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        """SIGSTOP to the server and every process it started (PostgreSQL serves each
+        connection from a child): it keeps its connections open and stops answering."""
+        for pid in self._pids():
+            os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
+        for pid in self._pids():
+            os.kill(pid, signal.SIGCONT)
+
+    def _pids(self) -> list[int]:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        pids, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            todo.extend(int(c) for c in children)
+        return pids
 
 
 class PostgresServer(_Server):

@@ -45,11 +45,8 @@ def _sqlite(state: Path) -> Store:
 # A server backend (PostgreSQL, Redis) maps the directory to a database, schema or key
 # prefix of its own, so tests never see each other's state.
 BACKENDS: dict[str, Factory] = {"sqlite": _sqlite}
-for _module in ("backend_postgresql", "backend_redis"):
-    try:  # pragma: no cover - while the server backends are being written
-        BACKENDS.update(__import__(f"tests.store.{_module}", fromlist=["BACKENDS"]).BACKENDS)
-    except ImportError:
-        pass
+BACKENDS.update(__import__("tests.store.backend_postgresql", fromlist=["B"]).BACKENDS)
+BACKENDS.update(__import__("tests.store.backend_redis", fromlist=["B"]).BACKENDS)
 HANDLES = 5  # independent handles in a race
 
 
