@@ -117,6 +117,23 @@ def parser() -> argparse.ArgumentParser:
     with_config(init)
     with_progress(init)
     init.set_defaults(func=cmd_store)
+    migrate = store_sub.add_parser("migrate", help="apply the schema migrations of the "
+                                   "configured store now (opening it does too)")
+    with_config(migrate)
+    with_progress(migrate)
+    migrate.set_defaults(func=cmd_store)
+    copy = store_sub.add_parser("copy", help="copy every user's factors and recovery codes "
+                                "from one store to another")
+    copy.add_argument("--from", dest="source", required=True, metavar="URL",
+                      help="the store to read, e.g. sqlite:///stepgate.db")
+    copy.add_argument("--to", dest="destination", required=True, metavar="URL",
+                      help="the store to write, e.g. postgresql://stepgate@db:5432/stepgate")
+    copy.add_argument("--yes", "-y", action="store_true",
+                      help="copy even when the destination already has users")
+    copy.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                      help="longest one store call may take (default: 10)")
+    with_progress(copy)
+    copy.set_defaults(func=cmd_store)
     audit = sub.add_parser("audit", help="read the audit events kept in the store")
     with_config(audit)
     audit.add_argument("--user")

@@ -1,7 +1,8 @@
 """What ``stepgate run`` checks before it serves, and ``stepgate check`` reports without
 serving: the keys and the admin key (read by gateway.keys, as the gateway reads them), the
 files the configuration names (audit, htpasswd) and the store (not lost, a database the
-gateway can open, in a folder it can write). Both commands ask these functions, so
+gateway can open, in a folder it can write) with the passwords its URLs and the Redis URL
+name in a variable or a file. Both commands ask these functions, so
 ``check`` refuses what ``run`` refuses; nothing here creates or changes a file.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from gateway.cli.common import key_hints, key_problems
 from gateway.config.load import CheckedConfig
 from gateway.config.settings import Settings
+from gateway.config.urls import parameters
 from gateway.keys import AdminKeyError, KeyError_, KeyRing, load_admin_key
 from gateway.store.sqlite import marker_path
 
@@ -121,6 +123,28 @@ def _store(where: str, url: str) -> list[str]:
     return []
 
 
+def _password(where: str, key: str, url: str) -> list[str]:
+    """The password a URL's ``password_env`` or ``password_file`` names, as the backend
+    reads it when it connects."""
+    found = parameters(url)
+    env, file = found.get("password_env"), found.get("password_file")
+    if env is not None and not os.environ.get(env):
+        return [f"{where}: {key}: expected the password in environment variable {env} "
+                "(parameter password_env), found it unset or empty"]
+    if file is not None:
+        path = Path(file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "bytes that are not UTF-8"
+            return [f"{where}: {key}: expected a readable password file (parameter "
+                    f"password_file), found {reason} at {path}"]
+        if not text.rstrip("\r\n"):
+            return [f"{where}: {key}: expected a password in the file {path} (parameter "
+                    "password_file), found it empty"]
+    return []
+
+
 def preflight(checked: CheckedConfig, keys_file: Path | None = None) -> Preflight:
     """What ``run`` would refuse beyond the configuration file itself, for every section
     that validated (a section with errors cannot say where its keys or files are)."""
@@ -136,4 +160,8 @@ def preflight(checked: CheckedConfig, keys_file: Path | None = None) -> Prefligh
         out.problems += _htpasswd(where, s.basic.htpasswd)
     if "store" in ok:
         out.problems += _store(where, s.store_url)
+        if not s.store_url.startswith("sqlite:///"):
+            out.problems += _password(where, "store", s.store_url)
+    if "redis" in ok and s.redis_url is not None:
+        out.problems += _password(where, "redis", s.redis_url)
     return out

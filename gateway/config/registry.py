@@ -13,11 +13,55 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 # State stores, by URL scheme: the shape each scheme's URL must have (a fullmatch pattern,
-# also the JSON Schema's) and an example that messages show.
-StoreScheme = Literal["sqlite"]
+# also the JSON Schema's) and an example that messages show. The parameters a URL's query
+# may carry are named with the pattern of their value; config.urls checks each part and
+# says which one is wrong, the backends (gateway.store) read them.
+StoreScheme = Literal["sqlite", "postgresql"]
 STORE_SCHEMES: tuple[str, ...] = get_args(StoreScheme)
-STORE_URL_SHAPES: dict[str, str] = {"sqlite": r"sqlite:///.+"}
-STORE_EXAMPLES: dict[str, str] = {"sqlite": "sqlite:///stepgate.db"}
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_PASSWORD_PARAMETERS = {"password_env": ENV_NAME, "password_file": r"[^&#\s]+"}
+# libpq's sslmode values (PostgreSQL documentation, 34.19 SSL Support).
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_PATH = r"[^&#\s]+"
+# Beside the store's own (pool sizes, password source), the libpq connection parameters
+# asyncpg reads and two server settings; the backend passes them on.
+STORE_PARAMETERS: dict[str, dict[str, str]] = {
+    "sqlite": {},
+    "postgresql": {"pool_min": r"\d+", "pool_max": r"0*[1-9]\d*", "sslmode": "|".join(SSL_MODES),
+                   **_PASSWORD_PARAMETERS, "sslrootcert": _PATH, "sslcert": _PATH,
+                   "sslkey": _PATH, "sslcrl": _PATH,
+                   "target_session_attrs": "any|primary|standby|read-write|read-only|"
+                                           "prefer-standby",
+                   "application_name": r"[^&#\s]+", "search_path": r"[^&#\s]+"},
+}
+# Hot state (token uses, counters, lockouts) may move to Redis: ``redis:`` names it.
+HotScheme = Literal["redis", "rediss"]
+HOT_SCHEMES: tuple[str, ...] = get_args(HotScheme)
+# Beside the password source, the TLS files and check redis-py reads for rediss://.
+HOT_PARAMETERS: dict[str, str] = {**_PASSWORD_PARAMETERS, "ssl_ca_certs": _PATH,
+                                  "ssl_certfile": _PATH, "ssl_keyfile": _PATH,
+                                  "ssl_cert_reqs": "none|optional|required"}
+
+
+def _query(parameters: dict[str, str]) -> str:
+    if not parameters:
+        return ""
+    one = "|".join(f"{name}=(?:{value})" for name, value in parameters.items())
+    return rf"(?:\?(?:{one})(?:&(?:{one}))*)?"
+
+
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@:\[\]]+)"
+_USER = r"[^\s/?#@:]+(?::[^\s/?#@]*)?"
+STORE_URL_SHAPES: dict[str, str] = {
+    "sqlite": r"sqlite:///.+",
+    "postgresql": rf"postgresql://{_USER}@{_HOST}(?::\d{{1,5}})?/[^\s/?#]+"
+                  + _query(STORE_PARAMETERS["postgresql"]),
+}
+STORE_EXAMPLES: dict[str, str] = {"sqlite": "sqlite:///stepgate.db",
+                                  "postgresql": "postgresql://stepgate@db.internal:5432/stepgate"}
+HOT_URL_SHAPE = (rf"rediss?://(?:(?:[^\s/?#@:]*)?(?::[^\s/?#@]*)?@)?{_HOST}(?::\d{{1,5}})?"
+                 rf"(?:/\d*)?{_query(HOT_PARAMETERS)}")
+HOT_EXAMPLE = "redis://cache.internal:6379/0"
 
 # First-factor sources under ``identity:``; a Basic source checks passwords with one backend.
 IdentitySource = Literal["basic", "header"]

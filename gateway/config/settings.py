@@ -127,6 +127,8 @@ class Settings:
     default_action: Literal["allow", "deny"] = "deny"
     store_url: str = "sqlite:///stepgate.db"
     store_timeout: float = 2.0
+    redis_url: str | None = None  # hot state in Redis (token uses, counters, lockouts)
+    redis_prefix: str = "stepgate:"
     keys: KeySettings = field(default_factory=KeySettings)
     basic: BasicIdentity | None = None
     header_identity: HeaderIdentity | None = None

@@ -298,6 +298,12 @@ class Decider:
         self._generations.put(user, (value, now))
         return value
 
+    def forget_tokens(self) -> None:
+        """Drop every remembered token, fit and generation (the store's id changed)."""
+        self._tokens.clear()
+        self._fits.clear()
+        self._generations.clear()
+
     def forget_generation(self, user: str) -> None:
         """After a revocation made here: the next use reads the new generation."""
         self._generations.pop(user)

@@ -41,7 +41,9 @@ class Gateway:
         self.clock = clock
         self.keys = keys or KeyRing.from_settings(settings.keys)
         self.signer = Signer(self.keys.signing)
-        self.store = store or open_store(settings.store_url, settings.store_timeout)
+        self.store = store or open_store(settings.store_url, settings.store_timeout,
+                                         hot=settings.redis_url,
+                                         hot_prefix=settings.redis_prefix)
         self.audit = audit or Audit(settings.audit_path, self.store, clock)
         self.uses = TokenUses(self.store, clock)
         up = settings.upstream
@@ -76,6 +78,9 @@ class Gateway:
         if not self._started:
             await self.store.open()
             self.signer.instance = self.store.instance_id
+            watch = getattr(self.store, "watch_instance", None)
+            if watch is not None:  # a store whose id can change while running (Redis)
+                watch(self.instance_changed)
             self._started = True
             # Everything loaded so far lives as long as the process: keep the collector
             # from rescanning it on every full collection (measurable on the hot path).
@@ -87,6 +92,12 @@ class Gateway:
             # of CPU in an interleaved A/B run (docs/performance.md), for a few MB of young
             # objects at most.
             gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+    def instance_changed(self, instance: str) -> None:
+        """The store's id changed while running (Redis lost its state): tickets and tokens
+        issued before are refused from now on, remembered ones included."""
+        self.signer.instance = instance
+        self.decider.forget_tokens()
 
     async def shutdown(self) -> None:
         if self.context.background:

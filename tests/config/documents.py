@@ -20,6 +20,7 @@ CONFIG: dict[str, Any] = {
                  "success_below": 500, "pool_size": 10, "pool_timeout": "4s"},
     "realm": "r", "prefix": "/.sg", "token_header": "X-T", "default_action": "allow",
     "store": "sqlite:///s.db", "store_timeout": "3s",
+    "redis": "redis://127.0.0.1:6379/2", "redis_prefix": "sg:",
     "keys": {"env": "K", "data_env": "D"},
     "identity": {"basic": {"verify": "backend", "realm": "b"}, "header": {"name": "X-User"}},
     "trusted_proxies": ["10.0.0.0/8"], "enrollment": "admin",

@@ -74,7 +74,7 @@ def test_every_config_error_is_reported_at_once(tmp_path: Path) -> None:
         f"{where}:1: unknown key 'colour'; expected one of 'admin', 'audit', 'challenge_ttl', "
         "'default_action', 'enrollment', 'evidence_headers', 'factors', 'identity', 'keys', "
         "'limits', 'listen', 'manage', 'max_body', 'notify', 'paths', 'policies', 'prefix', "
-        "'realm', 'store', 'store_timeout', 'throttle', 'ticket_ttl', 'token_header', "
+        "'realm', 'redis', 'redis_prefix', 'store', 'store_timeout', 'throttle', 'ticket_ttl', 'token_header', "
         "'trusted_proxies', 'upstream', 'workers'",
         f"{where}:2: default_action: expected one of 'allow', 'deny', found 'maybe'",
         f"{where}:3: enrollment: expected one of 'open', 'admin', found 'closed'",

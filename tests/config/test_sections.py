@@ -27,8 +27,8 @@ def errors(tmp_path: Path, config: dict, policy: dict = SIMPLE) -> tuple[str, ..
 
 def test_one_validator_per_section_in_dependency_order() -> None:
     assert [s.name for s in SECTIONS] == [
-        "listen", "http", "upstream", "paths", "limits", "evidence_headers", "store", "keys",
-        "admin", "audit", "identity", "factors", "notify", "throttle", "manage", "ttls",
+        "listen", "http", "upstream", "paths", "limits", "evidence_headers", "store", "redis",
+        "keys", "admin", "audit", "identity", "factors", "notify", "throttle", "manage", "ttls",
         "policies"]
 
 
@@ -90,8 +90,10 @@ def test_identity_sources_come_from_the_registry(tmp_path: Path) -> None:
 
 def test_store_schemes_come_from_the_registry(tmp_path: Path) -> None:
     found = errors(tmp_path, {**UPSTREAM, "store": "redis://cache"})
-    assert found == (f"{tmp_path / 'config.yaml'}:1: store: expected a store URL like "
-                     "'sqlite:///stepgate.db', found 'redis://cache'",)
+    assert found == (f"{tmp_path / 'config.yaml'}:1: store: expected a URL starting with "
+                     "'sqlite:///' or 'postgresql://', found 'redis://cache'; Redis holds only "
+                     "the hot state: name it under 'redis' and a SQL store here, like "
+                     f"{registry.STORE_EXAMPLES['postgresql']!r}",)
     assert set(registry.STORE_EXAMPLES) == set(registry.STORE_URL_SHAPES) == set(
         registry.STORE_SCHEMES)
 

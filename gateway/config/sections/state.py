@@ -1,5 +1,5 @@
-"""Sections about where state and secrets live: ``store`` with ``store_timeout``, ``keys``,
-``admin`` and ``audit``.
+"""Sections about where state and secrets live: ``store`` with ``store_timeout``, ``redis``
+with ``redis_prefix``, ``keys``, ``admin`` and ``audit``.
 
 Only the configuration is checked here; whether the keys it names really exist is checked
 where they are read (gateway.keys), and ``stepgate check`` asks there too.
@@ -7,20 +7,31 @@ where they are read (gateway.keys), and ``stepgate check`` asks there too.
 
 from __future__ import annotations
 
-from gateway.config.fields import Duration, Group, Text
-from gateway.config.registry import STORE_EXAMPLES, store_url_pattern
+from gateway.config.fields import Custom, Duration, Group, Text, anchored
+from gateway.config.registry import HOT_URL_SHAPE, store_url_pattern
 from gateway.config.sections.base import Loading, Section, properties_of, read_group
 from gateway.config.settings import KeySettings, Settings
+from gateway.config.urls import hot_expected, hot_url, store_expected, store_url, with_files_resolved
 from gateway.config.validate import Reader
 
 SQLITE = "sqlite:///"
 
 STORE = Group(Settings, (
-    Text("store", attr="store_url", pattern=store_url_pattern(),
-         expected="a store URL like " + " or ".join(repr(e) for e in STORE_EXAMPLES.values()),
-         doc="the state store; a relative SQLite path is relative to this file"),
+    Custom("store", attr="store_url", expected=store_expected(), convert=store_url,
+           json={"type": "string", "minLength": 1, "pattern": anchored(store_url_pattern())},
+           doc="the state store: sqlite:///PATH (relative to this file) or "
+               "postgresql://USER@HOST:PORT/DB?pool_max=10&password_env=VAR"),
     Duration("store_timeout", maximum=60,
-             doc="longest a store call may take; then 503 store-unavailable"),
+             doc="longest a store (or Redis) call may take; then 503 store-unavailable"),
+))
+
+REDIS = Group(Settings, (
+    Custom("redis", attr="redis_url", expected=hot_expected(), convert=hot_url,
+           json={"type": "string", "minLength": 1, "pattern": anchored(HOT_URL_SHAPE)},
+           doc="optional: token uses, counters and lockouts in Redis, "
+               "redis://HOST:PORT/N or rediss://...; the rest stays in the store"),
+    Text("redis_prefix", pattern=r"[^\s]+", expected="a key prefix without spaces, like "
+         "'stepgate:'", doc="the start of every Redis key the gateway writes"),
 ))
 
 KEYS = Group(KeySettings, (
@@ -49,8 +60,17 @@ def _store(r: Reader, ctx: Loading) -> None:
     url = values["store_url"]
     if url.startswith(SQLITE):
         url = SQLITE + str(ctx.resolve(url[len(SQLITE):]))
+    else:
+        url = with_files_resolved(url, ctx.resolve)
     ctx.values["store_url"] = url
     ctx.values["store_timeout"] = values["store_timeout"]
+
+
+def _redis(r: Reader, ctx: Loading) -> None:
+    values = REDIS.read(r)
+    url = values["redis_url"]
+    ctx.values["redis_url"] = None if url is None else with_files_resolved(url, ctx.resolve)
+    ctx.values["redis_prefix"] = values["redis_prefix"]
 
 
 def _keys(r: Reader, ctx: Loading) -> None:
@@ -87,6 +107,7 @@ def _audit(r: Reader, ctx: Loading) -> None:
 
 SECTIONS = (
     Section("store", _store, lambda: properties_of(STORE)),
+    Section("redis", _redis, lambda: properties_of(REDIS)),
     Section("keys", _keys, lambda: {"keys": KEYS.schema()}),
     Section("admin", _admin, lambda: {"admin": ADMIN.schema()}),
     Section("audit", _audit, lambda: {"audit": AUDIT.schema()}),
