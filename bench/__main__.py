@@ -5,6 +5,9 @@ proxy_pass, a bare reference Python proxy on the gateway's stack, the gateway on
 allowed route, with a session token, with single-use request-bound tokens, the
 verify endpoint, latency added at concurrency 1, and RSS growth while 100 MB
 stream each way. Prints a table and writes bench/results/<time>.json.
+
+``--stores sqlite,postgresql,postgresql+redis`` (or ``all``) measures the single-use tokens
+and the verify endpoint on each of those stores side by side, one gateway per store.
 """
 
 from __future__ import annotations
@@ -163,9 +166,10 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(runs, key=lambda r: r["rps"])
     row = dict(ordered[len(ordered) // 2])
     row["rps_runs"] = [r["rps"] for r in runs]
-    if "cpu_us_per_req" in row:
-        cpu = sorted(r["cpu_us_per_req"] for r in runs)
-        row["cpu_us_per_req"] = cpu[len(cpu) // 2]
+    for key in ("cpu_us_per_req", "store_cpu_us_per_req"):
+        if key in row:
+            cpu = sorted(r[key] for r in runs)
+            row[key] = cpu[len(cpu) // 2]
     return row
 
 
@@ -246,9 +250,99 @@ class Rss:
         return round((self.peak - self.base) / 1e6, 2)
 
 
-def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: int
+STORES = ("sqlite", "postgresql", "postgresql+redis")
+
+
+def store_list(text: str) -> list[str]:
+    """``--stores``: names from STORES, comma-separated, or ``all``."""
+    names = list(STORES) if text.strip() == "all" else [
+        n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STORES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown store {', '.join(unknown) or '(none)'}: choose from {', '.join(STORES)} "
+            "or all")
+    return list(dict.fromkeys(names))
+
+
+def pin_tree(pid: int, cpu: int) -> None:
+    """Move a running server, every thread and every process it started, to ``cpu``
+    (like ``pinned`` for the processes started here); what it forks later inherits it."""
+    if (os.cpu_count() or 1) < 2:
+        return
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                os.sched_setaffinity(int(tid), {cpu})
+            todo.extend(int(c) for c in
+                        Path(f"/proc/{p}/task/{p}/children").read_text().split())
+        except OSError:
+            continue
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of the processes it started (still running) so far."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+            todo.extend(int(c) for c in
+                        Path(f"/proc/{p}/task/{p}/children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class StoreServers:
+    """PostgreSQL and Redis, from the tests' server helper (tests/servers.py), started only
+    for the stores that need them and pinned to CPU 1 with the upstream and the load
+    generator, so CPU 0 measures the gateway alone."""
+
+    def __init__(self) -> None:
+        self.started: list[Any] = []
+        self._pg: Any = None
+        self._redis: Any = None
+
+    def _server(self, kind: str) -> Any:
+        from tests import servers
+
+        server = servers.postgres() if kind == "postgres" else servers.redis()
+        if server not in self.started:
+            self.started.append(server)
+            assert server.proc is not None
+            pin_tree(server.proc.pid, 1)
+        return server
+
+    def urls(self, store: str) -> tuple[str, str | None, list[int]]:
+        """The store URL and the Redis URL (or None) of a fresh store of kind ``store``, and
+        the process ids of the servers behind it."""
+        if store == "sqlite":
+            return "sqlite:///stepgate.db", None, []
+        pg = self._server("postgres")
+        db = pg.new_database()
+        if store == "postgresql+redis":
+            hot = self._server("redis")
+            return db, hot.url(0), [pg.proc.pid, hot.proc.pid]
+        return db, None, [pg.proc.pid]
+
+    def stop(self) -> None:
+        for server in self.started:
+            server.stop()
+            shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: int,
+                  store: str = "sqlite:///stepgate.db", hot: str | None = None, passes: int = 1
                   ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Config, keys, users, pre-minted tokens and pending challenges for the gateway runs."""
+    """Config, keys, users, pre-minted tokens and pending challenges for the gateway runs.
+
+    ``store`` and ``hot`` (a Redis URL) go into the configuration; tokens are minted for the
+    instance id of that store as the gateway will open it (``<db id>.<redis epoch>`` with
+    Redis) and challenges seeded through it. ``passes`` sets of ``n_tokens`` tokens
+    (tokens-<i>.tsv) and of ``n_verify`` challenges, one set per measured pass."""
     import bcrypt
     import yaml
 
@@ -256,10 +350,10 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
     from gateway.decision.tokens import Bound, Signer, Ticket
     from gateway.factors.totp import TotpFactor, new_secret
     from gateway.keys import KeyRing, generate_data_key, generate_signing_key
-    from gateway.store import ChallengeRecord, open_store
+    from gateway.store import ChallengeRecord, Store, open_store
 
     keys = {"STEPGATE_KEYS": generate_signing_key(), "STEPGATE_DATA_KEYS": generate_data_key()}
-    users = ["bench"] + [f"v{i}" for i in range(n_verify)]
+    users = ["bench"] + [f"v{i}" for i in range(n_verify * passes)]
     salt = bcrypt.gensalt(rounds=4)
     hashed = bcrypt.hashpw(b"pw", salt).decode()
     (d / "users").write_text("".join(f"{u}:{hashed}\n" for u in users))
@@ -273,16 +367,21 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
     ]}))
     (d / "config.yaml").write_text(yaml.safe_dump({
         "listen": f"127.0.0.1:{port}", "upstream": {"url": f"http://127.0.0.1:{upstream}"},
-        "policies": "policies/", "store": "sqlite:///stepgate.db", "default_action": "deny",
+        "policies": "policies/", "store": store, "default_action": "deny",
         "identity": {"basic": {"htpasswd": "users"}}, "audit": {"path": "audit.jsonl"},
-        "throttle": {"challenges_per_window": 1000000}}))
+        "throttle": {"challenges_per_window": 1000000}, **({"redis": hot} if hot else {})}))
     os.environ.update(keys)
     settings = load_settings(d / "config.yaml")
     ring = KeyRing.from_settings(settings.keys)
     signer = Signer(ring.signing)
 
+    def opened() -> Store:
+        """The store as the gateway opens it (with Redis for the hot state if configured)."""
+        return open_store(settings.store_url, settings.store_timeout, hot=settings.redis_url,
+                          hot_prefix=settings.redis_prefix)
+
     async def instance() -> str:
-        store = open_store(settings.store_url)
+        store = opened()
         await store.open()  # tokens name the store they are issued against
         await store.close()
         return store.instance_id
@@ -294,18 +393,22 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
     body = '{"amount":5}'
     bound = Bound.of("POST", "/pay", b"", body.encode(), [(b"content-type", b"application/json")])
     auth = "Basic " + __import__("base64").b64encode(b"bench:pw").decode()
-    lines = []
-    for _ in range(n_tokens):
-        tok = signer.token(ticket=Ticket("n", "bench", "pay", "request", now + 900, bound),
-                           scope="pay", factors=("totp",), verified_at=now, now=now, ttl=900,
-                           uses=1, generation=0)
-        lines.append(f"POST\t/pay\t{auth}\tX-Stepgate-Token\t{signer.dump_token(tok)}\t{body}")
-    (d / "tokens.tsv").write_text("\n".join(lines) + "\n")
+    token_files = []
+    for i in range(passes):
+        lines = []
+        for _ in range(n_tokens):
+            tok = signer.token(ticket=Ticket("n", "bench", "pay", "request", now + 900, bound),
+                               scope="pay", factors=("totp",), verified_at=now, now=now,
+                               ttl=900, uses=1, generation=0)
+            lines.append(f"POST\t/pay\t{auth}\tX-Stepgate-Token\t{signer.dump_token(tok)}\t"
+                         f"{body}")
+        token_files.append(d / ("tokens.tsv" if passes == 1 else f"tokens-{i}.tsv"))
+        token_files[-1].write_text("\n".join(lines) + "\n")
 
     secrets_by_user: dict[str, str] = {}
 
     async def seed() -> list[str]:
-        store = open_store(settings.store_url)
+        store = opened()
         await store.open()
         out = []
         ticket = signer.ticket(user="", rule="pay", binding="request", bound=bound, now=now,
@@ -325,16 +428,19 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
         return out
     challenge_ids = asyncio.run(seed())
     return keys, {"session": session, "auth": auth, "secrets": secrets_by_user,
-                  "challenges": challenge_ids, "users": users}
+                  "challenges": challenge_ids, "users": users, "tokens": token_files,
+                  "n_verify": n_verify}
 
 
-def verify_list(d: Path, data: dict[str, Any]) -> Path:
+def verify_list(d: Path, data: dict[str, Any], part: int = 0) -> Path:
+    """The verify requests of pass ``part``, with codes valid now."""
     import base64
 
     import pyotp
     now = time.time()
     lines = []
-    for u, cid in zip(data["users"][1:], data["challenges"]):
+    lo, hi = part * data["n_verify"], (part + 1) * data["n_verify"]
+    for u, cid in zip(data["users"][1:][lo:hi], data["challenges"][lo:hi]):
         code = pyotp.TOTP(data["secrets"][u]).at(now)
         auth = "Basic " + base64.b64encode(f"{u}:pw".encode()).decode()
         lines.append(f"POST\t/.stepgate/challenges/{cid}/verify\t{auth}\t\t\t"
@@ -350,6 +456,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     d = Path(tempfile.mkdtemp(prefix="stepgate-bench-"))
     d.chmod(0o755)  # nginx workers run unprivileged and must read the files below
     procs: list[subprocess.Popen[bytes]] = []
+    servers = StoreServers()
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                                "seconds": args.seconds, "connections": args.connections}
     try:
@@ -378,13 +485,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cwd=ROOT, env=dict(os.environ, REF_UPSTREAM=f"http://127.0.0.1:{up}",
                                REF_CLIENT="httpx"))
         procs.append(hx_proc)
-        keys, data = setup_gateway(d, up, gw, args.tokens, args.verify)
-        gw_proc = subprocess.Popen(pinned([sys.executable, "-m", "gateway", "run", "--config",
-                                           str(d / "config.yaml")], 0), cwd=ROOT,
-                                   env=dict(os.environ, **keys), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        procs.append(gw_proc)
-        for port in (up, nx, ref, hx, gw):
+        # One gateway per store, each with its own configuration, tokens and challenges; the
+        # first also serves the allowed and session routes. With several stores the
+        # single-use runs are repeated in interleaved passes (one per round).
+        stores: list[str] = args.stores
+        passes = args.rounds if len(stores) > 1 else 1
+        gateways: list[dict[str, Any]] = []
+        for i, store in enumerate(stores):
+            gd = d if i == 0 else d / f"gateway-{store.replace('+', '-')}"
+            gd.mkdir(exist_ok=True)
+            url, hot, server_pids = servers.urls(store)
+            port = gw if i == 0 else free_port()
+            keys, data = setup_gateway(gd, up, port, args.tokens, args.verify, url, hot, passes)
+            proc = subprocess.Popen(pinned([sys.executable, "-m", "gateway", "run", "--config",
+                                            str(gd / "config.yaml")], 0), cwd=ROOT,
+                                    env=dict(os.environ, **keys), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            procs.append(proc)
+            gateways.append({"store": store, "dir": gd, "port": port, "proc": proc,
+                             "data": data, "server_pids": server_pids})
+        gw_proc, data = gateways[0]["proc"], gateways[0]["data"]
+        for port in (up, nx, ref, hx, *(g["port"] for g in gateways)):
             wait_port(port)
         s, c = args.seconds, args.connections
 
@@ -428,16 +549,61 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows["reference, httpx client"] = row
         hx_proc.terminate()
         time.sleep(1)
-        rows["gateway request tokens"] = fire_list(f"http://127.0.0.1:{gw}", d / "tokens.tsv", c)
-        rows["gateway request tokens"]["note"] = f"{args.tokens} pre-minted tokens, each used once"
-        # warm the identity cache for the verify users, then verify each challenge once
-        warm = d / "warm.tsv"
-        warm.write_text("".join(f"GET\t/.stepgate/factors\t{line.split(chr(9))[2]}\t\t\t\n"
-                                for line in verify_list(d, data).read_text().splitlines()))
-        fire_list(f"http://127.0.0.1:{gw}", warm, 8)
-        vlist = verify_list(d, data)
-        rows["verify endpoint"] = fire_list(f"http://127.0.0.1:{gw}", vlist, 8)
-        rows["verify endpoint"]["note"] = f"{args.verify} pending challenges, each verified once"
+
+        def measured(g: dict[str, Any], path: Path, concurrency: int) -> dict[str, Any]:
+            """fire_list, with the gateway's CPU per request and its store servers'."""
+            before = cpu_seconds(g["proc"].pid)
+            before_store = sum(tree_cpu_seconds(pid) for pid in g["server_pids"])
+            row = fire_list(f"http://127.0.0.1:{g['port']}", path, concurrency)
+            n = max(1, row["requests"])
+            row["cpu_us_per_req"] = round((cpu_seconds(g["proc"].pid) - before) * 1e6 / n, 1)
+            if g["server_pids"]:
+                row["store_cpu_us_per_req"] = round(
+                    (sum(tree_cpu_seconds(pid) for pid in g["server_pids"]) - before_store)
+                    * 1e6 / n, 1)
+            return row
+
+        token_runs: dict[str, list[dict[str, Any]]] = {g["store"]: [] for g in gateways}
+        verify_runs: dict[str, list[dict[str, Any]]] = {g["store"]: [] for g in gateways}
+        for i in range(passes):
+            for g in (gateways if i % 2 == 0 else gateways[::-1]):
+                gd, gdata = g["dir"], g["data"]
+                if len(gateways) > 1:  # the identity cache holds the token user for 60 s
+                    warm = gd / "warm-tokens.tsv"
+                    warm.write_text(f"GET\t/.stepgate/factors\t{gdata['auth']}\t\t\t\n" * 200)
+                    fire_list(f"http://127.0.0.1:{g['port']}", warm, c)
+                token_runs[g["store"]].append(measured(g, gdata["tokens"][i], c))
+                # warm the identity cache for the verify users, then verify each challenge once
+                warm = gd / "warm.tsv"
+                warm.write_text("".join(
+                    f"GET\t/.stepgate/factors\t{line.split(chr(9))[2]}\t\t\t\n"
+                    for line in verify_list(gd, gdata, i).read_text().splitlines()))
+                fire_list(f"http://127.0.0.1:{g['port']}", warm, 8)
+                verify_runs[g["store"]].append(measured(g, verify_list(gd, gdata, i), 8))
+        token_note = f"{args.tokens} pre-minted tokens, each used once"
+        verify_note = f"{args.verify} pending challenges, each verified once"
+        if passes > 1:
+            token_note += f"; median of {passes} passes interleaved with the other stores"
+            verify_note += f"; median of {passes} passes interleaved with the other stores"
+        by_store: dict[str, dict[str, Any]] = {}
+        for g in gateways:
+            store = g["store"]
+            tok, ver = (r[0] if passes == 1 else median_row(r)
+                        for r in (token_runs[store], verify_runs[store]))
+            tok["note"], ver["note"] = token_note, verify_note
+            if stores == ["sqlite"]:  # the default run names its rows as it always did
+                rows["gateway request tokens"], rows["verify endpoint"] = tok, ver
+            else:
+                rows[f"request tokens ({store})"], rows[f"verify endpoint ({store})"] = tok, ver
+            by_store[store] = {
+                "request_tokens_rps": tok["rps"], "verify_rps": ver["rps"],
+                "request_tokens_cpu_us": tok["cpu_us_per_req"],
+                "verify_cpu_us": ver["cpu_us_per_req"],
+                "request_tokens_store_cpu_us": tok.get("store_cpu_us_per_req"),
+                "verify_store_cpu_us": ver.get("store_cpu_us_per_req"),
+                "errors": tok["errors"] + ver["errors"]}
+        if stores != ["sqlite"]:
+            results["stores"] = by_store
         lat_up = wrk(f"http://127.0.0.1:{up}/public/x", seconds=s, connections=1)
         lat_gw = wrk(f"http://127.0.0.1:{gw}/public/x", seconds=s, connections=1)
         lat_ref = wrk(f"http://127.0.0.1:{ref}/public/x", seconds=s, connections=1)
@@ -489,16 +655,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        servers.stop()
         shutil.rmtree(d, ignore_errors=True)
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [f"{'scenario':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"
+    w = max(26, *(len(name) + 2 for name in results["rows"]))
+    lines = [f"{'scenario':<{w}}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"
              f"{'CPU us/req':>12}"]
     for name, row in results["rows"].items():
         cpu = row.get("cpu_us_per_req")
-        lines.append(f"{name:<26}{row['rps']:>10.0f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
-                     f"{row['errors']:>8}{'' if cpu is None else f'{cpu:>12.1f}'}")
+        lines.append(f"{name:<{w}}{row['rps']:>10.0f}{row['p50_ms']:>10.3f}"
+                     f"{row['p99_ms']:>10.3f}{row['errors']:>8}"
+                     f"{'' if cpu is None else f'{cpu:>12.1f}'}")
+    if "stores" in results:
+        def us(v: float | None) -> str:
+            return "-" if v is None else f"{v:.0f}"
+        lines.append("")
+        lines.append(f"{'store':<20}{'tokens/s':>10}{'verify/s':>10}"
+                     f"{'gateway CPU us (token/verify)':>32}{'store CPU us (token/verify)':>30}")
+        for store, st in results["stores"].items():
+            gw_cpu = f"{us(st['request_tokens_cpu_us'])} / {us(st['verify_cpu_us'])}"
+            st_cpu = f"{us(st['request_tokens_store_cpu_us'])} / {us(st['verify_store_cpu_us'])}"
+            lines.append(f"{store:<20}{st['request_tokens_rps']:>10.0f}{st['verify_rps']:>10.0f}"
+                         f"{gw_cpu:>32}{st_cpu:>30}")
     lat = results["latency_c1"]
     lines.append("")
     lines.append(f"concurrency 1: upstream p50 {lat['upstream']['p50_ms']:.3f} ms, gateway p50 "
@@ -524,6 +704,11 @@ def main() -> None:
     p.add_argument("--stream-mb", type=int, default=100)
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--no-install", action="store_true", help="never apt-get missing tools")
+    p.add_argument("--stores", type=store_list, default=["sqlite"],
+                   help="stores to measure single-use tokens and the verify endpoint on, "
+                        f"comma-separated from {', '.join(STORES)}, or all (PostgreSQL and "
+                        "Redis from tests/servers.py); the allowed and session routes run on "
+                        "the first")
     args = p.parse_args()
     results = run(args)
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

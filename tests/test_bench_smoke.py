@@ -42,3 +42,41 @@ def test_bench_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert doc["streaming"]["upload_status_bytes"] == [200, 5_000_000]
     assert "allowed / reference proxy (>= 0.9)" in doc["ratios"]
     assert "allowed / reference proxy (>= 0.9)" in r.stdout
+
+
+def _servers_available() -> bool:
+    import glob
+    return os.geteuid() == 0 or bool(shutil.which("redis-server")
+                                     and glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+
+
+@pytest.mark.skipif(not _servers_available(),
+                    reason="needs PostgreSQL and Redis installed, or root to install them")
+def test_bench_compares_the_stores(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "bench", "--seconds", "1", "--rounds", "1",
+                        "--tokens", "100", "--verify", "20", "--stream-mb", "5",
+                        "--stores", "all", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (report,) = tmp_path.glob("*.json")
+    doc = json.loads(report.read_text())
+    stores = ["sqlite", "postgresql", "postgresql+redis"]
+    assert list(doc["stores"]) == stores
+    for store in stores:
+        tokens = doc["rows"][f"request tokens ({store})"]
+        verify = doc["rows"][f"verify endpoint ({store})"]
+        assert (tokens["requests"], tokens["errors"]) == (100, 0), store
+        assert (verify["requests"], verify["errors"]) == (20, 0), store
+        assert tokens["rps"] > 0 and verify["rps"] > 0, store
+        assert doc["stores"][store]["errors"] == 0
+    # with --stores every store names its rows; the other routes run once, on the first
+    assert "gateway request tokens" not in doc["rows"]
+    assert "gateway allowed" in doc["rows"]
+    assert "request tokens (postgresql+redis)" in r.stdout
+
+
+def test_bench_refuses_an_unknown_store() -> None:
+    r = subprocess.run([sys.executable, "-m", "bench", "--stores", "sqlite,mysql"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "unknown store mysql" in r.stderr
