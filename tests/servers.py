@@ -102,12 +102,28 @@ class _Server:
     def pause(self) -> None:
         """SIGSTOP to the server and every process it started (PostgreSQL serves each
         connection from a child): it keeps its connections open and stops answering."""
-        for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(self._pids(), signal.SIGSTOP)
 
     def resume(self) -> None:
-        for pid in self._pids():
-            os.kill(pid, signal.SIGCONT)
+        self._signal(self._pids(), signal.SIGCONT)
+
+    def pause_main(self) -> None:
+        """SIGSTOP to the main process only (PostgreSQL: new connections hang after the TCP
+        handshake, open ones are still served)."""
+        assert self.proc is not None
+        self._signal([self.proc.pid], signal.SIGSTOP)
+
+    def resume_main(self) -> None:
+        assert self.proc is not None
+        self._signal([self.proc.pid], signal.SIGCONT)
+
+    @staticmethod
+    def _signal(pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass  # a connection's process that ended meanwhile
 
     def _pids(self) -> list[int]:
         assert self.proc is not None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Iterator
@@ -253,37 +252,16 @@ async def test_the_password_comes_from_a_file_or_the_environment(
 
 # ---------------------------------------------------------------- a server that fails
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 @contextmanager
 def frozen() -> Iterator[None]:
     """Every process of the server stopped (SIGSTOP): the postmaster, which accepts new
     connections, and the backends serving the connections already open. The server is
     always let go again, so later tests find it answering."""
     server = postgres()
-    assert server.proc is not None
     server.pause()
-    children = _children(server.proc.pid)
     try:
-        for pid in children:
-            os.kill(pid, signal.SIGSTOP)
         yield
     finally:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         server.resume()
 
 
@@ -322,11 +300,11 @@ async def test_a_server_that_accepts_no_connection_fails_opening_within_the_time
     # Only the postmaster paused: connecting hangs after the TCP handshake.
     _, url = database("paused")
     s = open_store(url, timeout=0.5)
-    postgres().pause()
+    postgres().pause_main()
     try:
         await _fails_in_time(s.open(), 1.5)
     finally:
-        postgres().resume()
+        postgres().resume_main()
     await s.open()
     assert await s.add_failure("u") == 1
     await s.close()
