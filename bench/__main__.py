@@ -166,6 +166,8 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(runs, key=lambda r: r["rps"])
     row = dict(ordered[len(ordered) // 2])
     row["rps_runs"] = [r["rps"] for r in runs]
+    if "cpu_us_per_req" in row:
+        row["cpu_runs"] = [r["cpu_us_per_req"] for r in runs]
     for key in ("cpu_us_per_req", "store_cpu_us_per_req"):
         if key in row:
             cpu = sorted(r[key] for r in runs)
@@ -639,12 +641,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             per_round = sorted(x["rps"] / y["rps"] for x, y in zip(samples[a], samples[b]))
             return round(per_round[len(per_round) // 2], 3)
 
+        def cpu_ratio(a: str, b: str) -> float:
+            per_round = sorted(x["cpu_us_per_req"] / y["cpu_us_per_req"]
+                               for x, y in zip(samples[a], samples[b]))
+            return round(per_round[len(per_round) // 2], 3)
+
         results["ratios"] = {
             "allowed / reference proxy (>= 0.9)": ratio("gateway allowed", "reference proxy"),
             "allowed / nginx proxy_pass (>= 0.2)": ratio("gateway allowed", "nginx proxy_pass"),
             "session token / allowed (>= 0.9)": ratio("gateway session token", "gateway allowed"),
             "CPU per request, reference / allowed": round(
                 r["reference proxy"]["cpu_us_per_req"] / r["gateway allowed"]["cpu_us_per_req"], 3),
+            # The same pairing as the req/s ratios: each round's reference and allowed runs
+            # are seconds apart, so a drift of the machine's speed cancels out.
+            "CPU per request, reference / allowed (median of rounds)": cpu_ratio(
+                "reference proxy", "gateway allowed"),
         }
         return results
     finally:
