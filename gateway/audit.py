@@ -71,19 +71,28 @@ class Audit:
     @staticmethod
     def tail(event: str, rule: str | None, method: str, path: str,
              user: str | None = None, binding: str | None = None) -> str:
-        """Everything of a hot-path line but its time, to be cached with a decision. Rule
-        names, methods and canonical paths never need JSON escaping (validated names,
-        RFC 9110 tokens, canonical pchars); user names do."""
+        """Everything of a hot-path line but its time, to be cached with a decision."""
+        return Audit.head(event, rule, user) + Audit.rest(method, path, binding)
+
+    @staticmethod
+    def head(event: str, rule: str | None, user: str | None = None) -> str:
+        """The event, user and rule of a hot-path line. Rule names never need JSON escaping
+        (validated names); user names may."""
         line = f',"event":"{event}"'
         if user is not None:
             quoted = f'"{user}"' if '"' not in user and "\\" not in user else json.dumps(user)
             line += f',"user":{quoted}'
         if rule is not None:
             line += f',"rule":"{rule}"'
-        line += f',"method":"{method}","path":"{path}"'
-        if binding is not None:
-            line += f',"binding":"{binding}"'
-        return line + "}\n"
+        return line
+
+    @staticmethod
+    def rest(method: str, path: str, binding: str | None = None) -> str:
+        """The request of a hot-path line, and its end. Methods and canonical paths never
+        need JSON escaping (RFC 9110 tokens, canonical pchars)."""
+        if binding is None:
+            return f',"method":"{method}","path":"{path}"}}\n'
+        return f',"method":"{method}","path":"{path}","binding":"{binding}"}}\n'
 
     def stamped(self, tail: str) -> None:
         # Formatting a float costs more than the rest of the line: the stamp is made once

@@ -130,10 +130,10 @@ class Decider:
                 except NeedBody:
                     body = await self._read(v)
                     rule = engine.match(dataclasses.replace(req, body=body))
-                action = rule.action if rule is not None else engine.default_action
+            action = rule.action if rule is not None else engine.default_action
+            if hit is None:
                 engine.remember(key, cp, rule, self._allowed(v.method, cp, rule)
                                 if action == "allow" else None)
-            action = rule.action if rule is not None else engine.default_action
             if action == "allow":
                 self.audit.forwarded("allowed", rule.name if rule else None, v.method, cp.raw)
                 return Decision("allow", cp, rule, None, None, body, has_body)
@@ -198,7 +198,7 @@ class Decider:
         if gen is None or time.monotonic() - gen[1] >= GENERATION_TTL or \
                 known.generation != gen[0]:
             return None
-        self.audit.stamped(f'{line},"method":"{v.method}","path":"{cp.raw}","binding":"session"}}\n')
+        self.audit.stamped(line + Audit.rest(v.method, cp.raw, "session"))
         return Decision("allow", cp, rule, evidence, None, body, has_body)
 
     async def _protect(self, v: View, cp: CanonicalPath, rule: Rule, body: bytes | None,
@@ -250,8 +250,8 @@ class Decider:
         evidence = self.evidence(user, rule.name, "+".join(token.factors), token.verified_at)
         if token.uses == 0:
             if value is not None:
-                self._fits.put((value, rule.name, user), (token, evidence, self.audit.tail(
-                    "token_used", rule.name, "", "", user).partition(',"method"')[0]))
+                self._fits.put((value, rule.name, user),
+                               (token, evidence, Audit.head("token_used", rule.name, user)))
             self.audit.forwarded("token_used", rule.name, v.method, cp.raw, user, token.binding)
             return Decision("allow", cp, rule, evidence, None, body, has_body)
         result = await self.uses.reserve(token)

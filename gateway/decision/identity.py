@@ -109,12 +109,7 @@ class _Cache:
         return h.digest()
 
     def lookup(self, authorization: bytes) -> tuple[float, str | None] | None:
-        h = self._hasher.copy()
-        h.update(authorization)
-        hit = self._entries.get(h.digest())
-        if hit is None or hit[0] < self.clock():
-            return None
-        return hit
+        return self.get(self.key(authorization))
 
     def get(self, key: bytes) -> tuple[float, str | None] | None:
         hit = self._entries.get(key)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.cli.common import small_config
+
 from ..conftest import DATA, ROOT, SIGNING
 
 ENV = dict(os.environ, STEPGATE_KEYS=SIGNING, STEPGATE_DATA_KEYS=DATA)
@@ -20,15 +22,6 @@ def stepgate(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
                           cwd=cwd, env=ENV, timeout=60)
 
 
-def small_config(d: Path, **extra: object) -> Path:
-    """One allow rule and a SQLite store in ``d``."""
-    (d / "p.yaml").write_text(yaml.safe_dump({"rules": [
-        {"name": "a", "match": {"paths": ["/x"]}, "action": "allow"}]}))
-    cfg = d / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"upstream": {"url": "http://127.0.0.1:1"}, "policies": "p.yaml",
-                                   "store": "sqlite:///s.db",
-                                   "identity": {"basic": {"verify": "backend"}}, **extra}))
-    return cfg
 
 
 def test_check_example_config() -> None:

@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gateway.cli.run import DEMO_KEYS, ensure_demo_keys, worker_app
 from gateway.config.load import load_settings
 from gateway.config.settings import KeySettings
 from gateway.keys import KeyError_, KeyRing, generate_data_key, generate_signing_key
+from tests.cli.common import small_config
 
 from ..conftest import DATA, ROOT, SIGNING
 
@@ -33,14 +33,6 @@ def stepgate(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     return r
 
 
-def small_config(d: Path, **extra: object) -> Path:
-    (d / "p.yaml").write_text(yaml.safe_dump({"rules": [
-        {"name": "a", "match": {"paths": ["/x"]}, "action": "allow"}]}))
-    cfg = d / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"upstream": {"url": "http://127.0.0.1:1"}, "policies": "p.yaml",
-                                   "store": "sqlite:///s.db",
-                                   "identity": {"basic": {"verify": "backend"}}, **extra}))
-    return cfg
 
 
 def clear_keys(monkeypatch: pytest.MonkeyPatch) -> None:

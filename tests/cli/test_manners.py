@@ -15,11 +15,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gateway.cli import main
 from gateway.store import open_store
 from gateway.store.sqlite import MIGRATIONS
+from tests.cli.common import small_config
 
 from ..conftest import DATA, ROOT, SIGNING
 
@@ -35,14 +35,6 @@ def stepgate(*args: str, cwd: Path, **env: str | None) -> subprocess.CompletedPr
     return r
 
 
-def small_config(d: Path, **extra: object) -> Path:
-    (d / "p.yaml").write_text(yaml.safe_dump({"rules": [
-        {"name": "a", "match": {"paths": ["/x"]}, "action": "allow"}]}))
-    cfg = d / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"upstream": {"url": "http://127.0.0.1:1"}, "policies": "p.yaml",
-                                   "store": "sqlite:///s.db",
-                                   "identity": {"basic": {"verify": "backend"}}, **extra}))
-    return cfg
 
 
 def seed(folder: Path, events: list[dict[str, object]]) -> None:

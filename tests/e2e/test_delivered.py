@@ -13,12 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
 from gateway.client import StepgateAuth
 
-from ..conftest import HERE, PASSWORD, GatewayProcess, Upstream, basic, free_port
+from ..conftest import HERE, PASSWORD, GatewayProcess, Upstream, basic
 from ..totp_ref import Device
+from .mailbox import Mailbox as Received
+from .mailbox import serving
 
 pytestmark = pytest.mark.e2e
 P = "/.stepgate"
@@ -26,23 +27,7 @@ ADMIN_KEY = "admin-key-for-tests-0123456789"
 CODE = re.compile(r"code is (\d{6,8})")
 
 
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], str]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((list(envelope.rcpt_tos), envelope.content.decode("utf-8", "replace")))
-        return "250 OK"
-
-    def wait(self, to: str, count: int, timeout: float = 10.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            mine = [body for rcpt, body in self.messages if to in rcpt]
-            if len(mine) >= count:
-                return mine
-            time.sleep(0.05)
-        raise AssertionError(f"{to} got {len(mine)} messages, expected {count}")
-
+class Mailbox(Received):
     def code(self, to: str, count: int) -> str:
         m = CODE.search(self.wait(to, count)[count - 1].replace("=\n", ""))
         assert m is not None
@@ -51,12 +36,8 @@ class Mailbox:
 
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    box.port = controller.port  # type: ignore[attr-defined]
-    yield box
-    controller.stop()
+    with serving(Mailbox()) as box:
+        yield box
 
 
 @pytest.fixture(scope="module")

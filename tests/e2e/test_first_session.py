@@ -16,10 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
-from ..conftest import HERE, GatewayProcess, Upstream, basic, free_port
+from ..conftest import HERE, GatewayProcess, Upstream, basic
 from ..totp_ref import Device
+from .mailbox import Mailbox as Received
+from .mailbox import serving
 
 pytestmark = pytest.mark.e2e
 P = "/.stepgate"
@@ -33,18 +34,7 @@ RULES = {"rules": [
 ]}
 
 
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], str]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((list(envelope.rcpt_tos),
-                              envelope.content.decode("utf-8", "replace")))
-        return "250 OK"
-
-    def to(self, address: str) -> list[str]:
-        return [body for rcpt, body in self.messages if address in rcpt]
-
+class Mailbox(Received):
     def code(self, address: str, count: int, timeout: float = 10.0) -> str:
         deadline = time.monotonic() + timeout
         while len(self.to(address)) < count and time.monotonic() < deadline:
@@ -58,12 +48,8 @@ class Mailbox:
 
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    box.port = controller.port  # type: ignore[attr-defined]
-    yield box
-    controller.stop()
+    with serving(Mailbox()) as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
