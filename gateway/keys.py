@@ -228,7 +228,8 @@ ADMIN_FIX = (f"use {MIN_KEY_LENGTH} or more random characters, such as a key 'st
 
 
 class AdminKeyError(Exception):
-    """The admin key is configured but unusable; the gateway refuses to start."""
+    """The admin key or the forward-auth secret is configured but unusable; the gateway
+    refuses to start."""
 
 
 def load_admin_key(settings: Settings) -> bytes | None:
@@ -256,3 +257,20 @@ def load_admin_key(settings: Settings) -> bytes | None:
         raise AdminKeyError(f"{setting}: expected at least {MIN_KEY_LENGTH} characters in "
                             f"{source}, found {len(key)} ({ADMIN_FIX})")
     return key.encode()
+
+
+def load_forward_secret(settings: Settings) -> bytes | None:
+    """The secret every forward-auth request must carry, or None when none is configured.
+    A named variable that is unset or short is an error: the gateway refuses to start
+    rather than answer the endpoints without the check the configuration asks for."""
+    name = settings.forward_auth.secret_env
+    if name is None:
+        return None
+    secret = os.environ.get(name, "").strip()
+    if len(secret) < MIN_KEY_LENGTH:
+        found = "it unset or empty" if not secret else f"{len(secret)} characters"
+        raise AdminKeyError(f"forward_auth.secret_env: expected at least {MIN_KEY_LENGTH} "
+                            f"characters in environment variable {name}, found {found} "
+                            f"({ADMIN_FIX})")
+    return secret.encode()
+

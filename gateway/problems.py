@@ -41,6 +41,8 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "enrollment-closed": (403, "Enrolment closed"),
     "wrong-code": (403, "Wrong code"),
     "code-already-used": (403, "Code already used"),
+    "body-not-seen": (403, "Request body not available"),
+    "forward-auth-refused": (403, "Not a trusted forward-auth caller"),
     "already-active": (409, "Factor already active"),
     "token-in-use": (409, "Token in use"),
     "challenge-gone": (410, "Challenge no longer usable"),

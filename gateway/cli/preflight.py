@@ -18,7 +18,7 @@ from gateway.cli.common import key_hints, key_problems
 from gateway.config.load import CheckedConfig
 from gateway.config.settings import Settings
 from gateway.config.urls import parameters
-from gateway.keys import AdminKeyError, KeyError_, KeyRing, load_admin_key
+from gateway.keys import AdminKeyError, KeyError_, KeyRing, load_admin_key, load_forward_secret
 from gateway.store.sqlite import marker_path
 
 
@@ -43,6 +43,14 @@ def _keys(out: Preflight, where: str, s: Settings, keys_file: Path | None) -> No
 def _admin_key(where: str, s: Settings) -> list[str]:
     try:
         load_admin_key(s)
+    except AdminKeyError as exc:
+        return [f"{where}: {exc}"]
+    return []
+
+
+def _forward_secret(where: str, s: Settings) -> list[str]:
+    try:
+        load_forward_secret(s)
     except AdminKeyError as exc:
         return [f"{where}: {exc}"]
     return []
@@ -154,6 +162,8 @@ def preflight(checked: CheckedConfig, keys_file: Path | None = None) -> Prefligh
         _keys(out, where, s, keys_file)
     if "admin" in ok:
         out.problems += _admin_key(where, s)
+    if "forward_auth" in ok:
+        out.problems += _forward_secret(where, s)
     if "audit" in ok:
         out.problems += _audit(where, s.audit_path)
     if "identity" in ok and s.basic is not None and s.basic.htpasswd is not None:

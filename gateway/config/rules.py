@@ -79,6 +79,9 @@ class Requirement:
     unenrolled: Literal["deny", "allow"] = "deny"
     challenge_style: Literal["secondfactor", "rfc9470"] = "secondfactor"
     acr_values: str = "urn:stepgate:2fa"
+    # required: never decide without the body (forward-auth endpoints that do not receive
+    # it refuse instead of binding method, host, path and query alone)
+    body: Literal["optional", "required"] = "optional"
 
 
 @dataclass(slots=True)
@@ -210,6 +213,9 @@ REQUIRE = Group(Requirement, (
     Choice("challenge_style", literal(Requirement, "challenge_style"),
            doc="rfc9470 adds a Bearer error=\"insufficient_user_authentication\" challenge"),
     Text("acr_values", doc="acr_values of the rfc9470 challenge"),
+    Choice("body", literal(Requirement, "body"),
+           doc="request binding: required refuses (403) to decide without the request body, "
+               "as forward-auth endpoints that never receive it would"),
 ))
 
 
@@ -261,11 +267,14 @@ def _requirement(r: Reader, name: str, known_factors: set[str]) -> Requirement |
     unenrolled = REQUIRE.one(r, "unenrolled")
     style = REQUIRE.one(r, "challenge_style")
     acr = REQUIRE.one(r, "acr_values")
+    body = REQUIRE.one(r, "body")
+    if body == "required" and known and binding != "request":
+        r.error("body", "no 'body' (only request binding binds the body)", body)
     r.finish()
     if not r.ok:
         return None
     return Requirement(factors, all_of, binding, ttl, uses or 0, scope, max_age,
-                       unenrolled, style, acr)
+                       unenrolled, style, acr, body)
 
 
 def _rule_label(data: Any, index: int) -> str:

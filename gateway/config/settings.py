@@ -114,6 +114,16 @@ class ManageSettings:
 
 
 @dataclass(frozen=True)
+class ForwardAuthSettings:
+    """Who may ask the forward-auth endpoints (docs/forward-auth.md): peers in
+    ``trusted_proxies`` (none: the endpoints are off), and, when ``secret_env`` names an
+    environment variable, only requests carrying its value in X-Stepgate-Auth-Secret."""
+
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    secret_env: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path
     upstream: UpstreamSettings
@@ -146,6 +156,7 @@ class Settings:
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     limits: ClientLimits = field(default_factory=ClientLimits)
     manage: ManageSettings = field(default_factory=ManageSettings)
+    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     channels: tuple[ChannelSettings, ...] = ()
     notify_channel: str | None = None
     challenge_ttl: float = 300.0

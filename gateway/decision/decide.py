@@ -22,7 +22,7 @@ from gateway.decision.identity import IdentitySource, Pending
 from gateway.decision.paths import CanonicalPath, canonicalize
 from gateway.decision.policies import NeedBody, PolicyEngine, RequestView
 from gateway.decision.request import check_request, header, method_override
-from gateway.decision.tokens import Bound, Signer, Token, token_fits
+from gateway.decision.tokens import Bound, Signer, Token, hostname, token_fits
 from gateway.decision.uses import TokenUses
 from gateway.factors.base import Factor
 from gateway.primitives import BoundedCache, iso8601
@@ -39,7 +39,9 @@ Kind = Literal["allow", "own", "challenge", "deny", "problem"]
 @dataclass(slots=True)
 class View:
     """What the decision may look at. ``read_body(limit)`` reads the whole body (413 past
-    ``limit``); it is called only when a rule inspects or binds the body."""
+    ``limit``); it is called only when a rule inspects or binds the body. ``body_seen`` is
+    False where the body never reaches the gateway (a forward-auth endpoint the ingress
+    sends no body to): a rule that inspects it, or insists on binding it, is refused."""
 
     method: str
     raw_path: bytes
@@ -48,6 +50,7 @@ class View:
     client: str | None
     read_body: Callable[[int], Awaitable[bytes]]
     http11: bool = True
+    body_seen: bool = True
 
 
 @dataclass(slots=True)
@@ -60,6 +63,10 @@ class Decision:
     body: bytes | None = None  # read while deciding: forward these bytes
     has_body: bool = False
     problem: Problem | None = None
+
+
+def body_not_seen(detail: str) -> Problem:
+    return Problem("body-not-seen", detail=detail)
 
 
 def store_down() -> Problem:
@@ -128,6 +135,12 @@ class Decider:
                 try:
                     rule = engine.match(req)
                 except NeedBody:
+                    if not v.body_seen:
+                        await self.audit.emit("denied", reason="body not seen",
+                                              method=v.method, path=cp.raw)
+                        return Decision("deny", cp, problem=body_not_seen(
+                            "a rule inspects this request's body, which this endpoint does "
+                            "not receive; the gateway refuses rather than guess"))
                     body = await self._read(v)
                     rule = engine.match(dataclasses.replace(req, body=body))
             action = rule.action if rule is not None else engine.default_action
@@ -205,6 +218,12 @@ class Decider:
                        has_body: bool, value: bytes | None) -> Decision:
         req = rule.require
         assert req is not None
+        if req.body == "required" and not v.body_seen:
+            await self.audit.emit("denied", rule=rule.name, reason="body not seen",
+                                  method=v.method, path=cp.raw)
+            return Decision("deny", cp, rule, problem=body_not_seen(
+                f"rule '{rule.name}' binds the request body (require.body: required), which "
+                "this endpoint does not receive"))
         if method_override(v.headers):
             raise Problem("method-override",
                           detail="method-override headers are refused on protected routes: "
@@ -213,9 +232,9 @@ class Decider:
         user = ident.known(v.headers, v.client) if ident is not None else None
         if isinstance(user, Pending):
             user = await self.identify(v.headers, v.client)
-        if req.binding == "request" and body is None:
+        if req.binding == "request" and body is None and v.body_seen:
             body = await self._read(v) if has_body else b""
-        bound = Bound.of(v.method, cp.raw, v.query, body, v.headers) \
+        bound = Bound.of(v.method, cp.raw, v.query, body, v.headers, seen=v.body_seen) \
             if req.binding == "request" else None
         if user is None:
             await self.audit.emit("challenged", rule=rule.name, reason="no identity",
@@ -350,7 +369,7 @@ class Decider:
         headers.append((b"www-authenticate", (
             f'SecondFactor realm="{self.settings.realm}", rule="{rule.name}", '
             f'factors="{" ".join(req.factors)}", challenge_uri="{uri}", '
-            f'ticket="{ticket}"').encode()))
+            f'ticket="{ticket}", binding="{req.binding}"').encode()))
         if req.challenge_style == "rfc9470":
             headers.append((b"www-authenticate", (
                 'Bearer error="insufficient_user_authentication", error_description='
@@ -368,9 +387,4 @@ class Decider:
 
 def _host(raw_host: bytes | None) -> str:
     """The host name rules match (no port; IP literals keep their brackets)."""
-    if not raw_host:
-        return ""
-    host = raw_host.decode("latin-1").lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.partition(":")[0]
+    return hostname(raw_host) if raw_host else ""

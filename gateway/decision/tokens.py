@@ -22,6 +22,11 @@ def digest(data: bytes) -> str:
 
 
 _EMPTY = digest(b"")
+# The body of a request decided without its body (forward-auth endpoints an ingress sends
+# no body to): never equal to a digest, so a token bound this way authorizes no request
+# whose body the gateway does see, and a token bound to a seen body (even an empty one) is
+# not accepted where the body is unknown.
+BODY_UNSEEN = "unseen"
 
 
 # The fields that change what the same body bytes mean to the upstream (RFC 9110 §8.3,
@@ -34,6 +39,14 @@ def body_meaning(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     return b"\n".join(k + b":" + v for k, v in headers if k in BODY_MEANING)
 
 
+def hostname(raw: bytes) -> str:
+    """The host name rules match: lower case, no port (IP literals keep their brackets)."""
+    host = raw.decode("latin-1").lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.partition(":")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Bound:
     """The request facts a request-bound ticket or token is tied to."""
@@ -42,16 +55,20 @@ class Bound:
     path: str
     query: str
     body: str  # digest of the body and of the fields that give it its meaning
+    host: str = ""  # the host name as rules match it: an ingress may route hosts elsewhere
 
     @classmethod
     def of(cls, method: str, path: str, query: bytes, body: bytes | None,
-           headers: Sequence[tuple[bytes, bytes]] = ()) -> Bound:
+           headers: Sequence[tuple[bytes, bytes]] = (), *, seen: bool = True) -> Bound:
         meaning = body_meaning(headers)
-        if meaning:
+        host = hostname(next((v for k, v in headers if k == b"host"), b""))
+        if not seen:
+            body_digest = BODY_UNSEEN
+        elif meaning:
             body_digest = digest(meaning + b"\n\n" + (body or b""))
         else:
             body_digest = digest(body) if body else _EMPTY
-        return cls(method, path, digest(query) if query else _EMPTY, body_digest)
+        return cls(method, path, digest(query) if query else _EMPTY, body_digest, host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +116,14 @@ class Signer:
     @staticmethod
     def _bound_out(b: Bound | None, doc: dict[str, Any]) -> None:
         if b is not None:
-            doc.update(m=b.method, p=b.path, q=b.query, d=b.body)
+            doc.update(m=b.method, p=b.path, q=b.query, d=b.body, h=b.host)
 
     @staticmethod
     def _bound_in(doc: dict[str, Any]) -> Bound | None:
         if "m" not in doc:
             return None
-        return Bound(str(doc["m"]), str(doc["p"]), str(doc["q"]), str(doc["d"]))
+        return Bound(str(doc["m"]), str(doc["p"]), str(doc["q"]), str(doc["d"]),
+                     str(doc.get("h", "")))
 
     def ticket(self, *, user: str, rule: Rule | str, binding: str, bound: Bound | None,
                now: float, ttl: float) -> str:

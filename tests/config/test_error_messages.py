@@ -273,7 +273,8 @@ def test_an_unknown_key_names_the_key_it_probably_misspells() -> None:
         "c.yaml:3: upstream: unknown key 'conect_timeout', did you mean 'connect_timeout'?",
         # nothing close: every key it could have been
         "c.yaml:5: unknown key 'colour'; expected one of 'admin', 'audit', 'challenge_ttl', "
-        "'default_action', 'enrollment', 'evidence_headers', 'factors', 'identity', 'keys', "
+        "'default_action', 'enrollment', 'evidence_headers', 'factors', 'forward_auth', "
+        "'identity', 'keys', "
         "'limits', 'listen', 'manage', 'max_body', 'notify', 'paths', 'policies', 'prefix', "
         "'realm', 'redis', 'redis_prefix', 'store', 'store_timeout', 'throttle', 'ticket_ttl', 'token_header', "
         "'trusted_proxies', 'upstream', 'workers'",

@@ -72,7 +72,8 @@ def test_every_config_error_is_reported_at_once(tmp_path: Path) -> None:
     # yaml.safe_dump writes the keys in name order; problems come in line order.
     assert errs == [
         f"{where}:1: unknown key 'colour'; expected one of 'admin', 'audit', 'challenge_ttl', "
-        "'default_action', 'enrollment', 'evidence_headers', 'factors', 'identity', 'keys', "
+        "'default_action', 'enrollment', 'evidence_headers', 'factors', 'forward_auth', "
+        "'identity', 'keys', "
         "'limits', 'listen', 'manage', 'max_body', 'notify', 'paths', 'policies', 'prefix', "
         "'realm', 'redis', 'redis_prefix', 'store', 'store_timeout', 'throttle', 'ticket_ttl', 'token_header', "
         "'trusted_proxies', 'upstream', 'workers'",

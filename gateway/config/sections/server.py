@@ -18,8 +18,15 @@ from gateway.config.fields import (
     Size,
     Text,
 )
+from gateway.config.registry import ENV_NAME
 from gateway.config.sections.base import HEADER_NAME, Loading, Section, properties_of, read_group
-from gateway.config.settings import ClientLimits, EvidenceHeaders, Settings, UpstreamSettings
+from gateway.config.settings import (
+    ClientLimits,
+    EvidenceHeaders,
+    ForwardAuthSettings,
+    Settings,
+    UpstreamSettings,
+)
 from gateway.config.validate import Invalid, Reader, found
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -122,6 +129,17 @@ EVIDENCE = Group(EvidenceHeaders, tuple(
          doc="header added upstream") for f in dataclasses.fields(EvidenceHeaders)))
 
 
+FORWARD_AUTH = Group(ForwardAuthSettings, (
+    Custom("trusted_proxies", expected="a list of CIDRs like '10.0.0.0/8'", convert=_networks,
+           show=lambda v: [str(n) for n in v],
+           json={"type": "array", "items": {"type": "string", "minLength": 1}},
+           doc="CIDRs of the ingresses that may ask the forward-auth endpoints; empty: off"),
+    Text("secret_env", pattern=ENV_NAME, expected="an environment variable name",
+         doc="environment variable with a secret every forward-auth request must carry in "
+             "X-Stepgate-Auth-Secret"),
+))
+
+
 def _listen_section(r: Reader, ctx: Loading) -> None:
     values = LISTEN.read(r)
     ctx.values["listen_host"], ctx.values["listen_port"] = values["listen"]
@@ -157,6 +175,12 @@ def _evidence(r: Reader, ctx: Loading) -> None:
         ctx.values["evidence"] = EvidenceHeaders(**values)
 
 
+def _forward_auth(r: Reader, ctx: Loading) -> None:
+    values = read_group(r, "forward_auth", FORWARD_AUTH)
+    if values is not None:
+        ctx.values["forward_auth"] = ForwardAuthSettings(**values)
+
+
 SECTIONS = (
     Section("listen", _listen_section, lambda: properties_of(LISTEN)),
     Section("http", _surface, lambda: properties_of(SURFACE)),
@@ -165,4 +189,5 @@ SECTIONS = (
     Section("paths", _paths, lambda: {"paths": PATHS.schema()}),
     Section("limits", _limits, lambda: {"limits": LIMITS.schema(), **properties_of(MAX_BODY)}),
     Section("evidence_headers", _evidence, lambda: {"evidence_headers": EVIDENCE.schema()}),
+    Section("forward_auth", _forward_auth, lambda: {"forward_auth": FORWARD_AUTH.schema()}),
 )
