@@ -537,3 +537,51 @@ def test_multipart_uploads_are_sent_again_whole(fake: FakeGateway, tmp_path: Any
     assert r.status_code == 200
     first, again = bodies
     assert first == again and first.count(b"1,2") == 1000
+
+
+class BehindNginx(FakeGateway):
+    """The fake gateway seen through nginx auth_request: a 401's body is nginx's HTML page
+    and only the first WWW-Authenticate field (the SecondFactor challenge) is left."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        resp = super().__call__(request)
+        if resp.status_code != 401:
+            return resp
+        doc = resp.json()
+        challenge = (f'SecondFactor realm="api", rule="{doc["rule"]}", '
+                     f'factors="{" ".join(doc["factors"])}", '
+                     f'challenge_uri="{doc["challenge_uri"]}", ticket="{doc["ticket"]}", '
+                     f'binding="{doc["binding"]}"')
+        return httpx.Response(401, headers={"content-type": "text/html",
+                                            "www-authenticate": challenge},
+                              text="<html><body><h1>401 Authorization Required</h1></body></html>")
+
+
+def test_a_challenge_is_read_from_the_header_when_the_body_was_replaced() -> None:
+    fake = BehindNginx()
+    asked = Asked()
+    auth = StepgateAuth(asked, basic=("alice", "pw"))
+    with client(fake, auth) as c:
+        assert [c.get("/s/a").status_code for _ in range(3)] == [200] * 3
+        assert c.post("/q/x", json={"a": 1}).status_code == 200
+    assert [p.rule for p in asked.prompts] == ["settings", "transfers"]
+    assert auth.cache.get(TokenKey(GW, "alice", "settings")) is not None  # binding="session"
+    assert fake.forwarded == 4
+
+
+def test_second_factor_params_parse_quoted_and_token_values() -> None:
+    from gateway.client._flow import second_factor_params
+    assert second_factor_params('SecondFactor realm="a \\"b\\"", rule=x, factors="totp sms", '
+                                'ticket="t.1-_"') == {"realm": 'a "b"', "rule": "x",
+                                                      "factors": "totp sms", "ticket": "t.1-_"}
+    assert second_factor_params('Basic realm="x"') is None
+
+
+def test_a_401_without_a_second_factor_challenge_is_returned_as_it_is(fake: FakeGateway) -> None:
+    def basic_only(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, headers={"www-authenticate": 'Basic realm="x"'}, text="no")
+    asked = Asked()
+    with httpx.Client(base_url=GW, transport=httpx.MockTransport(basic_only),
+                      auth=StepgateAuth(asked, basic=("alice", "pw"))) as c:
+        assert c.get("/s/a").status_code == 401
+    assert asked.prompts == []

@@ -9,6 +9,7 @@ import binascii
 import email.utils
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,8 +103,44 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 def challenge_of(response: httpx.Response) -> dict[str, Any] | None:
+    """The challenge of a 401: its problem+json body, or — where an ingress replaced the
+    body (nginx auth_request keeps only the first WWW-Authenticate field) — the parameters
+    of its SecondFactor challenge."""
     doc = problem_of(response)
-    return doc if doc.get("type") == PROBLEM + "second-factor-required" else None
+    if doc.get("type") == PROBLEM + "second-factor-required":
+        return doc
+    if response.status_code != 401:
+        return None
+    for value in response.headers.get_list("www-authenticate"):
+        params = second_factor_params(value)
+        if params is not None and params.get("ticket") and params.get("challenge_uri"):
+            out: dict[str, Any] = dict(params)
+            out["factors"] = params.get("factors", "").split()
+            out.setdefault("binding", "request")  # unknown: never kept, the safe reading
+            return out
+    return None
+
+
+_PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?')
+
+
+def second_factor_params(value: str) -> dict[str, str] | None:
+    """The auth-params of a ``SecondFactor`` challenge (RFC 9110 §11.2), or None for
+    another scheme."""
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "secondfactor":
+        return None
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(rest):
+        m = _PARAM.match(rest, pos)
+        if m is None or m.end() == pos:
+            break
+        quoted, token = m.group(2), m.group(3)
+        out.setdefault(m.group(1).lower(), re.sub(r"\\(.)", r"\1", quoted)
+                       if quoted is not None else token)
+        pos = m.end()
+    return out
 
 
 @dataclass

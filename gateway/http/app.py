@@ -20,6 +20,7 @@ from gateway.decision.regulator import Regulator
 from gateway.decision.tokens import Signer
 from gateway.decision.uses import TokenUses
 from gateway.factors.registry import registry
+from gateway.http.forwardauth import ForwardAuth
 from gateway.http.relay import Relay
 from gateway.http.wire import STARTED, ClientGone, Receive, Scope, Send, read_body, send_problem
 from gateway.keys import KeyRing, load_admin_key
@@ -70,6 +71,8 @@ class Gateway:
                                 on_lock=self.decider.forget_generation))
         self.endpoints = Endpoints(self.context)
         self.relay = Relay(self.forwarder, self.headers, self.uses, up.success_below)
+        self.forward_auth = ForwardAuth(settings, self.decider, self.uses, self.audit)
+        self._auth_prefix = self.forward_auth.prefix
         self._started = False
 
     # ------------------------------------------------------------------ lifespan
@@ -148,13 +151,18 @@ class Gateway:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
         client = scope.get("client")
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        if raw_path.startswith(self._auth_prefix):
+            endpoint = self.forward_auth.route(raw_path)
+            if endpoint is not None:  # an ingress asks (forward-auth mode)
+                await self.forward_auth(scope, receive, send, *endpoint)
+                return
 
         async def body(limit: int) -> bytes:
             return await read_body(receive, headers, limit)
         d = await self.decider.decide(View(
-            scope["method"], scope.get("raw_path") or scope["path"].encode(),
-            scope.get("query_string", b""), headers, client[0] if client else None, body,
-            scope.get("http_version") != "1.0"))
+            scope["method"], raw_path, scope.get("query_string", b""), headers,
+            client[0] if client else None, body, scope.get("http_version") != "1.0"))
         if d.kind == "allow":
             await self.relay(scope, receive, send, d)
         elif d.kind == "own":
