@@ -115,6 +115,28 @@ class Decider:
 
     # ------------------------------------------------------------------ the decision
 
+    def quick(self, v: View) -> Decision | None:
+        """The decision when it needs no waiting — an allow remembered for this method,
+        path and Host, or a session token this process already checked for the rule — else
+        None (then decide() decides). The same code decide() runs first."""
+        try:
+            has_body, raw_host, value = check_request(v.headers, self.token_header, v.http11)
+        except Problem:
+            return None
+        hit = self.engine.decisions.data.get((v.method, v.raw_path, raw_host))
+        return None if hit is None else self._remembered(v, hit, has_body, value)
+
+    def _remembered(self, v: View, hit: tuple[CanonicalPath, Rule | None, Any],
+                    has_body: bool, value: bytes | None) -> Decision | None:
+        cp, rule, allowed = hit
+        if allowed is not None:  # an allow decided before: the same decision
+            self.audit.stamped(allowed[2])
+            return allowed[has_body]  # type: ignore[no-any-return]
+        if value is not None and rule is not None and rule.require is not None and \
+                rule.require.binding == "session":
+            return self._fitted(v, cp, rule, value, None, has_body)
+        return None
+
     async def decide(self, v: View) -> Decision:
         try:
             has_body, raw_host, value = check_request(v.headers, self.token_header, v.http11)
@@ -123,10 +145,10 @@ class Decider:
             hit = engine.decisions.data.get(key)
             body: bytes | None = None
             if hit is not None:
-                cp, rule, allowed = hit
-                if allowed is not None:  # an allow decided before: the same decision
-                    self.audit.stamped(allowed[2])
-                    return allowed[has_body]
+                known = self._remembered(v, hit, has_body, value)
+                if known is not None:
+                    return known
+                cp, rule, _ = hit
             else:
                 cp = canonicalize(v.raw_path, normalize=self.settings.normalize_paths)
                 if self._own(cp.decoded):
@@ -156,7 +178,7 @@ class Decider:
                 return Decision("deny", cp, rule, problem=Problem(
                     "forbidden", detail="the gateway's policy denies this request",
                     rule=rule.name if rule else None))
-            if value is not None and rule.require.binding == "session":
+            if hit is None and value is not None and rule.require.binding == "session":
                 fitted = self._fitted(v, cp, rule, value, body, has_body)
                 if fitted is not None:
                     return fitted

@@ -73,6 +73,8 @@ class Gateway:
         self.relay = Relay(self.forwarder, self.headers, self.uses, up.success_below)
         self.forward_auth = ForwardAuth(settings, self.decider, self.uses, self.audit)
         self._auth_prefix = self.forward_auth.prefix
+        # The server protocol answers an ask known without waiting itself (http/server.py).
+        self.quick = self.forward_auth.quick
         self._started = False
 
     # ------------------------------------------------------------------ lifespan

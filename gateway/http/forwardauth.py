@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +39,10 @@ from gateway.primitives import BoundedCache
 from gateway.problems import Headers, Problem, bad_request
 
 SECRET_HEADER = b"x-stepgate-auth-secret"
+# The answer a server writes itself (quick): status line and headers up to the blank line
+# the server adds after its own fields (Date, Server, Connection).
+_OK = b"HTTP/1.1 200 OK\r\n"
+_UNSAFE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 ENVOY_PARTIAL = b"x-envoy-auth-partial-body"
 FRAMING = (b"content-length", b"transfer-encoding")
 Body = Literal["never", "framed", "envoy"]
@@ -59,10 +64,11 @@ class Convention:
     proto: bytes | None
     body: Body
     challenge_first: bool = False  # nginx relays only the first WWW-Authenticate field
+    carried: frozenset[bytes] = frozenset()  # the names above that are set
 
-    @property
-    def carried(self) -> tuple[bytes, ...]:
-        return tuple(h for h in (self.method, self.uri, self.host, self.proto) if h is not None)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "carried", frozenset(
+            h for h in (self.method, self.uri, self.host, self.proto) if h is not None))
 
 
 NGINX = Convention("nginx", b"x-original-method", b"x-original-uri", None, None, "never",
@@ -129,7 +135,8 @@ def read_original(conv: Convention, method: str, target: bytes, query: bytes,
         elif k == b"host" and conv.host is not None:
             continue  # the ingress's request to the gateway; the original is in the field
         out.append((k, v))
-    missing = [_name(h) for h in carried if h not in values]
+    missing = [_name(h) for h in (conv.method, conv.uri, conv.host, conv.proto)
+               if h is not None and h not in values]
     if missing:
         raise bad_request(f"the {conv.name} forward-auth request lacks "
                           f"{', '.join(missing)}, which carry the original request")
@@ -202,6 +209,7 @@ class ForwardAuth:
         self._empty: Headers = [(n, b"") for n in self.evidence_names] + \
             [(b"content-length", b"0")]
         self._peers: BoundedCache[str, bool] = BoundedCache(10000)
+        self._empty_raw = _OK + b"".join(k + b": " + v + b"\r\n" for k, v in self._empty)
 
     def route(self, raw_path: bytes) -> tuple[Convention, bytes] | None:
         """The convention an auth path names and the original target it carries (Envoy's
@@ -229,43 +237,71 @@ class ForwardAuth:
             self._peers.put(client, hit)
         return hit
 
-    async def _refused(self, send: Send, conv: Convention, client: str | None,
-                       reason: str) -> None:
-        await self.audit.emit("forward_auth_refused", endpoint=conv.name, peer=client,
-                              reason=reason)
-        await send_problem(send, Problem("forward-auth-refused", detail=reason))
-
     def _secret_ok(self, headers: list[tuple[bytes, bytes]]) -> bool:
         assert self.secret is not None
         given = [v for k, v in headers if k == SECRET_HEADER]
         return len(given) == 1 and hmac.compare_digest(given[0], self.secret)
 
+    def _refusal(self, scope: Scope) -> str | None:
+        """Why the caller may not ask (audited, 403), or None."""
+        client = scope.get("client")
+        if not self._trusted(client[0] if client else None):
+            return ("forward-auth endpoints answer only the peers in "
+                    "forward_auth.trusted_proxies" if self.trusted else
+                    "forward-auth is off (forward_auth.trusted_proxies is empty)")
+        if self.secret is not None and not self._secret_ok(scope["headers"]):
+            return ("the request lacks the forward-auth secret (X-Stepgate-Auth-Secret) or "
+                    "carries a wrong one")
+        return None
+
+    def _view(self, scope: Scope, conv: Convention, target: bytes,
+              read: Callable[[int], Awaitable[bytes]]) -> View:
+        """The original request as the decision sees it (400 Problem when it cannot be read)."""
+        client = scope.get("client")
+        o = read_original(conv, scope["method"], target, scope.get("query_string", b""),
+                          scope["headers"], self.guarded)
+        return View(o.method, o.raw_path, o.query, o.headers, client[0] if client else None,
+                    read, False, o.body_seen)
+
+    def quick(self, scope: Scope) -> bytes | None:
+        """The whole answer, written by the server without an ASGI cycle, when it is an
+        allow known without waiting (decide's remembered allows and checked session
+        tokens) to a body-less ask; None: the ASGI path answers (refusals, problems,
+        anything that waits on the store)."""
+        raw_path: bytes = scope["raw_path"]
+        if not raw_path.startswith(self.prefix):
+            return None
+        endpoint = self.route(raw_path)
+        if endpoint is None or endpoint[0].body != "never" or self._refusal(scope) is not None:
+            return None
+        try:
+            v = self._view(scope, *endpoint, _no_body)
+        except Problem:
+            return None
+        d = self.decider.quick(v)
+        if d is None or d.kind != "allow" or d.reservation is not None:
+            return None
+        return self._empty_raw if d.evidence is None else self._evidence_raw(d)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send, conv: Convention,
                        target: bytes) -> None:
-        client = scope.get("client")
-        peer = client[0] if client else None
-        if not self._trusted(peer):
-            await self._refused(send, conv, peer, "forward-auth endpoints answer only the "
-                                "peers in forward_auth.trusted_proxies" if self.trusted else
-                                "forward-auth is off (forward_auth.trusted_proxies is empty)")
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            client = scope.get("client")
+            await self.audit.emit("forward_auth_refused", endpoint=conv.name,
+                                  peer=client[0] if client else None, reason=refusal)
+            await send_problem(send, Problem("forward-auth-refused", detail=refusal))
             return
         headers = scope["headers"]
-        if self.secret is not None and not self._secret_ok(headers):
-            await self._refused(send, conv, peer, "the request lacks the forward-auth "
-                                "secret (X-Stepgate-Auth-Secret) or carries a wrong one")
-            return
-        try:
-            o = read_original(conv, scope["method"], target, scope.get("query_string", b""),
-                              headers, self.guarded)
-        except Problem as problem:
-            await send_problem(send, problem)
-            return
 
         async def body(limit: int) -> bytes:
             return await read_body(receive, headers, limit)
-        d = await self.decider.decide(View(o.method, o.raw_path, o.query, o.headers, peer,
-                                           body, False, o.body_seen))
-        await self.answer(send, conv, d)
+        try:
+            v = self._view(scope, conv, target, body)
+        except Problem as problem:
+            await send_problem(send, problem)
+            return
+        await self.answer(send, conv, await self.decider.decide(v))
 
     async def answer(self, send: Send, conv: Convention, d: Decision) -> None:
         if d.kind == "allow":
@@ -293,3 +329,13 @@ class ForwardAuth:
         out: Headers = [(n, given.get(n, "").encode()) for n in self.evidence_names]
         out.append((b"content-length", b"0"))
         return out
+
+    def _evidence_raw(self, d: Decision) -> bytes | None:
+        fields = self._evidence(d)
+        if any(_UNSAFE.search(v) for _, v in fields):
+            return None  # a value a header cannot carry: the ASGI path refuses it
+        return _OK + b"".join(k + b": " + v + b"\r\n" for k, v in fields)
+
+
+async def _no_body(limit: int) -> bytes:
+    raise AssertionError("a body-less convention never reads the body")

@@ -12,6 +12,9 @@ the connection layer.
 - Slow clients (slowloris): the request head must arrive within ``limits.header_timeout``,
   a body must not stall for ``limits.body_timeout``.
 - One client address holds at most ``limits.connections_per_client`` connections.
+- A forward-auth ask whose answer is known without waiting (an allow the decision
+  remembers) is answered here, without an ASGI cycle: the application's ``quick(scope)``
+  gives the bytes (http/forwardauth.py); anything else takes the ASGI path.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncio
 import functools
 import ipaddress
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from uvicorn.config import Config
@@ -60,17 +63,20 @@ def _timed_out(seconds: float) -> bytes:
 _OPEN: weakref.WeakKeyDictionary[ServerState, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
-def _limits_of(app: Any) -> tuple[ClientLimits, Sequence[Network]]:
+Quick = Callable[[Any], bytes | None]
+
+
+def _limits_of(app: Any) -> tuple[ClientLimits, Sequence[Network], Quick | None]:
     # uvicorn may wrap the application in middleware (each keeps the next as ``.app``).
     for _ in range(4):
         settings = getattr(app, "settings", None)
         if settings is not None:
             return (getattr(settings, "limits", None) or ClientLimits(),
-                    getattr(settings, "trusted_proxies", ()))
+                    getattr(settings, "trusted_proxies", ()), getattr(app, "quick", None))
         app = getattr(app, "app", None)
         if app is None:
             break
-    return ClientLimits(), ()
+    return ClientLimits(), (), None
 
 
 def _exempt(host: str, trusted: Sequence[Network]) -> bool:
@@ -87,7 +93,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        limits, self._trusted = _limits_of(self.app)
+        limits, self._trusted, self._quick = _limits_of(self.app)
         # A timeout of 0 means no limit, like connections_per_client: 0.
         self._head_timeout = limits.header_timeout
         self._body_timeout = limits.body_timeout
@@ -199,6 +205,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_body = False
         super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        quick = self._quick
+        # Only a request parsed just now (not one queued behind a pipelined response) and
+        # without a fragment, which on_headers_complete has yet to keep in raw_path.
+        if quick is not None and cycle.scope is self.scope and 0x23 not in self.url:
+            raw = quick(cycle.scope)
+            if raw is not None:
+                # The whole answer at once, as uvicorn's cycle would write it (its default
+                # Date and Server fields, Connection: close when the connection ends).
+                cycle.response_started = cycle.response_complete = True
+                fields = b"".join(k + b": " + v + b"\r\n" for k, v in cycle.default_headers)
+                if not cycle.keep_alive:
+                    fields += b"connection: close\r\n"
+                self.transport.write(raw + fields + b"\r\n")
+                if not cycle.keep_alive:
+                    self.transport.close()
+                self.on_response_complete()
+                return
+        super()._start_asgi_task(cycle, app)
 
     # ------------------------------------------------------------------ timers
 

@@ -30,13 +30,14 @@ RULES = {"rules": [
      "require": {"factors": ["totp", "recovery"], "binding": "request"}},
     {"name": "strict", "match": {"methods": ["POST"], "paths": ["/strict"]},
      "require": {"factors": ["totp"], "binding": "request", "body": "required"}},
-    {"name": "big", "match": {"methods": ["POST"], "paths": ["/big"],
-                              "json": {"$.amount": {"gt": 1000}}},
-     "require": {"factors": ["totp"], "binding": "request"}},
     {"name": "once", "match": {"paths": ["/once/**"]},
      "require": {"factors": ["totp"], "binding": "route", "uses": 1}},
     {"name": "sess", "match": {"paths": ["/sess/**"]},
      "require": {"factors": ["totp"], "binding": "session", "ttl": "5m"}},
+    # Rules after one that reads the body are never remembered (decided per request).
+    {"name": "big", "match": {"methods": ["POST"], "paths": ["/big"],
+                              "json": {"$.amount": {"gt": 1000}}},
+     "require": {"factors": ["totp"], "binding": "request"}},
     {"name": "rest", "match": {"paths": ["/**"]}, "action": "allow"},
 ]}
 

@@ -441,3 +441,40 @@ async def test_store_failure_is_a_503_never_a_200(env: Env, conv: Ask,
     r = await ask(env, conv("GET", "/once/x", {"Authorization": ALICE,
                                                 "X-Stepgate-Token": token}))
     assert r.status_code == 503
+
+
+def scope_of(req: dict[str, Any], peer: str = "127.0.0.1") -> dict[str, Any]:
+    """The ASGI scope the server builds for one of the asks above."""
+    url = httpx.URL("http://gw.test" + req["url"])
+    return {"type": "http", "method": req["method"], "raw_path": url.raw_path.partition(b"?")[0],
+            "query_string": url.query, "client": (peer, 5000),
+            "headers": [(k.lower().encode(), v.encode()) for k, v in req["headers"].items()]}
+
+
+async def test_quick_answers_only_what_is_known_without_waiting(env: Env) -> None:
+    """The server writes these answers itself (no ASGI cycle): only a remembered allow or a
+    session token already checked, never a refusal or anything that needs the store."""
+    allowed = scope_of(nginx("GET", "/open/x"))
+    assert env.app.quick(allowed) is None  # not decided yet
+    assert (await ask(env, nginx("GET", "/open/x"))).status_code == 200
+    raw = env.app.quick(allowed)
+    assert raw is not None and raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw.endswith(b"x-stepgate-user: \r\nx-stepgate-rule: \r\nx-stepgate-factor: \r\n"
+                        b"x-stepgate-verified-at: \r\ncontent-length: 0\r\n")
+    assert env.app.quick(scope_of(nginx("GET", "/open/x"), peer="10.0.0.1")) is None
+    assert env.app.quick(scope_of(nginx("GET", "/admin/x"))) is None
+    assert env.app.quick(scope_of(traefik("GET", "/open/x"))) is None  # may carry a body
+    two = scope_of(nginx("GET", "/open/x"))
+    two["headers"].append((b"x-original-uri", b"/admin/x"))
+    assert env.app.quick(two) is None  # the ASGI path answers the 400
+    # A session token checked once is then answered quickly, with its evidence.
+    secret = await env.enrol()
+    first = await ask(env, nginx("GET", "/sess/a", {"Authorization": ALICE}))
+    token = await env.token(first.json()["ticket"], secret)
+    sess = nginx("GET", "/sess/a", {"Authorization": ALICE, "X-Stepgate-Token": token})
+    assert env.app.quick(scope_of(sess)) is None
+    assert (await ask(env, sess)).status_code == 200
+    raw = env.app.quick(scope_of(sess))
+    assert raw is not None and b"x-stepgate-user: alice\r\n" in raw
+    forged = nginx("GET", "/sess/a", {"Authorization": ALICE, "X-Stepgate-Token": token + "x"})
+    assert env.app.quick(scope_of(forged)) is None
