@@ -120,6 +120,18 @@ def proxy_server(port: int, upstream: int) -> str:
   }}"""
 
 
+def auth_request_server(port: int, gateway: int, upstream: int) -> str:
+    """nginx with auth_request to the gateway: the server block docs/forward-auth.md prints
+    (the one the end-to-end tests run), with this run's ports."""
+    text = (ROOT / "docs" / "forward-auth.md").read_text()
+    marker = "<!-- tested: nginx -->\n"
+    start = text.index("\n", text.index(marker) + len(marker)) + 1
+    block = text[start:text.index("\n```", start)]
+    return block.replace("127.0.0.1:8080", f"127.0.0.1:{gateway}").replace(
+        "127.0.0.1:9000", f"127.0.0.1:{upstream}").replace(
+        "listen 80;", f"listen 127.0.0.1:{port};")
+
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -371,7 +383,8 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
         "listen": f"127.0.0.1:{port}", "upstream": {"url": f"http://127.0.0.1:{upstream}"},
         "policies": "policies/", "store": store, "default_action": "deny",
         "identity": {"basic": {"htpasswd": "users"}}, "audit": {"path": "audit.jsonl"},
-        "throttle": {"challenges_per_window": 1000000}, **({"redis": hot} if hot else {})}))
+        "throttle": {"challenges_per_window": 1000000},
+        "forward_auth": {"trusted_proxies": ["127.0.0.1/32"]}, **({"redis": hot} if hot else {})}))
     os.environ.update(keys)
     settings = load_settings(d / "config.yaml")
     ring = KeyRing.from_settings(settings.keys)
@@ -393,7 +406,8 @@ def setup_gateway(d: Path, upstream: int, port: int, n_tokens: int, n_verify: in
         ticket=Ticket("n", "bench", "session", "session", now + 900, None), scope="bench",
         factors=("totp",), verified_at=now, now=now, ttl=900, uses=0, generation=0))
     body = '{"amount":5}'
-    bound = Bound.of("POST", "/pay", b"", body.encode(), [(b"content-type", b"application/json")])
+    bound = Bound.of("POST", "/pay", b"", body.encode(), [(b"content-type", b"application/json"),
+                                                          (b"host", b"127.0.0.1")])
     auth = "Basic " + __import__("base64").b64encode(b"bench:pw").decode()
     token_files = []
     for i in range(passes):
@@ -507,13 +521,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateways.append({"store": store, "dir": gd, "port": port, "proc": proc,
                              "data": data, "server_pids": server_pids})
         gw_proc, data = gateways[0]["proc"], gateways[0]["data"]
-        for port in (up, nx, ref, hx, *(g["port"] for g in gateways)):
+        na = free_port()  # nginx asking the gateway (forward-auth mode)
+        procs.append(start_nginx(d, "authreq", auth_request_server(na, gw, up), 0))
+        # The same nginx asking an nginx that allows everything at no cost: the ceiling of
+        # forward-auth mode on this machine, whatever answers the question.
+        fa_nginx, nn = free_port(), free_port()
+        procs.append(start_nginx(d, "allowall", f"""
+  server {{
+    listen 127.0.0.1:{fa_nginx};
+    location / {{ return 200 ""; }}
+  }}""", 0))
+        procs.append(start_nginx(d, "authreq-nginx", auth_request_server(nn, fa_nginx, up), 0))
+        for port in (up, nx, ref, hx, na, fa_nginx, nn, *(g["port"] for g in gateways)):
             wait_port(port)
         s, c = args.seconds, args.connections
 
 
         # warm every server and the identity cache
-        for port in (up, nx, ref, gw):
+        for port in (up, nx, ref, gw, na, nn):
             wrk(f"http://127.0.0.1:{port}/public/x", seconds=1, connections=c)
         wrk(f"http://127.0.0.1:{gw}/session/a", seconds=1, connections=c,
             headers={"Authorization": data["auth"], "X-Stepgate-Token": data["session"]})
@@ -525,6 +550,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("reference proxy", f"http://127.0.0.1:{ref}/public/x", ref_proc.pid, None),
             ("gateway allowed", f"http://127.0.0.1:{gw}/public/x", gw_proc.pid, None),
             ("gateway session token", f"http://127.0.0.1:{gw}/session/a", gw_proc.pid,
+             auth_headers),
+            ("nginx auth_request to nginx", f"http://127.0.0.1:{nn}/public/x", None, None),
+            ("nginx auth_request allowed", f"http://127.0.0.1:{na}/public/x", gw_proc.pid, None),
+            ("nginx auth_request session", f"http://127.0.0.1:{na}/session/a", gw_proc.pid,
              auth_headers),
         ]
         # Interleaved rounds, medians reported: one run alone swings by 20 % on a shared
@@ -650,6 +679,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "allowed / reference proxy (>= 0.9)": ratio("gateway allowed", "reference proxy"),
             "allowed / nginx proxy_pass (>= 0.2)": ratio("gateway allowed", "nginx proxy_pass"),
             "session token / allowed (>= 0.9)": ratio("gateway session token", "gateway allowed"),
+            "nginx auth_request allowed / nginx proxy_pass (>= 0.4)": ratio(
+                "nginx auth_request allowed", "nginx proxy_pass"),
+            "nginx auth_request session / nginx proxy_pass": ratio(
+                "nginx auth_request session", "nginx proxy_pass"),
+            "nginx auth_request to nginx / nginx proxy_pass (the ceiling)": ratio(
+                "nginx auth_request to nginx", "nginx proxy_pass"),
+            "nginx auth_request allowed / gateway allowed": ratio(
+                "nginx auth_request allowed", "gateway allowed"),
             "CPU per request, reference / allowed": round(
                 r["reference proxy"]["cpu_us_per_req"] / r["gateway allowed"]["cpu_us_per_req"], 3),
             # The same pairing as the req/s ratios: each round's reference and allowed runs

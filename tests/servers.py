@@ -238,3 +238,90 @@ def redis() -> RedisServer:
     server = _get("redis", RedisServer)
     assert isinstance(server, RedisServer)
     return server
+
+
+# ---------------------------------------------------------------------- ingresses
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "forward-auth.md"
+
+
+def documented(name: str) -> str:
+    """The configuration docs/forward-auth.md marks ``<!-- tested: name -->``: the tests
+    run exactly what the documentation tells operators to paste."""
+    text = DOCS.read_text()
+    marker = f"<!-- tested: {name} -->\n"
+    start = text.index(marker) + len(marker)
+    fence_end = text.index("\n", start)
+    return text[fence_end + 1: text.index("\n```", fence_end)] + "\n"
+
+
+def _placed(config: str, gateway: int, api: int) -> str:
+    return config.replace("127.0.0.1:8080", f"127.0.0.1:{gateway}").replace(
+        "127.0.0.1:9000", f"127.0.0.1:{api}")
+
+
+class NginxIngress(_Server):
+    """nginx with the documented ``auth_request`` server block, in front of a gateway and
+    an API on loopback."""
+
+    name = "nginx"
+
+    def __init__(self, gateway: int, api: int, secret: str) -> None:
+        if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
+            _apt_install("nginx-light")
+        self.dir = Path(tempfile.mkdtemp(prefix="stepgate-nginx-"))
+        self.dir.chmod(0o755)
+        self.port = free_port()
+        block = _placed(documented("nginx"), gateway, api).replace(
+            "listen 80;", f"listen 127.0.0.1:{self.port};").replace(
+            "replace-with-the-forward-secret", secret)
+        d = self.dir
+        (d / "conf").write_text(f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+{block}
+}}
+""")
+        self.start()
+
+    def _command(self) -> tuple[list[str], dict[str, object]]:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        return [binary, "-c", str(self.dir / "conf"), "-p", str(self.dir)], {}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # nginx: graceful stop
+        super().stop()
+
+
+class CaddyIngress(_Server):
+    """Caddy with the documented ``forward_auth`` Caddyfile, plain HTTP on loopback."""
+
+    name = "caddy"
+
+    def __init__(self, gateway: int, api: int, secret: str) -> None:
+        if shutil.which("caddy") is None:
+            _apt_install("caddy")
+        self.dir = Path(tempfile.mkdtemp(prefix="stepgate-caddy-"))
+        self.port = free_port()
+        self.secret = secret
+        site = _placed(documented("caddy"), gateway, api).replace(
+            "api.example.com {", f"http://127.0.0.1:{self.port} {{", 1)
+        (self.dir / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n\n" + site)
+        self.start()
+
+    def _command(self) -> tuple[list[str], dict[str, object]]:
+        env = dict(os.environ, STEPGATE_FORWARD_SECRET=self.secret, HOME=str(self.dir),
+                   XDG_DATA_HOME=str(self.dir), XDG_CONFIG_HOME=str(self.dir))
+        return (["caddy", "run", "--config", str(self.dir / "Caddyfile"), "--adapter",
+                 "caddyfile"], {"env": env, "cwd": str(self.dir)})

@@ -34,7 +34,13 @@ def test_bench_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert set(doc["rows"]) == {"upstream direct", "nginx proxy_pass", "reference proxy",
                                 "reference, httpx client",
                                 "gateway allowed", "gateway session token",
+                                "nginx auth_request to nginx", "nginx auth_request allowed",
+                                "nginx auth_request session",
                                 "gateway request tokens", "verify endpoint"}
+    # nginx asking the gateway: every request answered 2xx (the session route included)
+    assert doc["rows"]["nginx auth_request allowed"]["errors"] == 0
+    assert doc["rows"]["nginx auth_request session"]["errors"] == 0
+    assert "nginx auth_request allowed / nginx proxy_pass (>= 0.4)" in doc["ratios"]
     assert doc["rows"]["gateway request tokens"]["requests"] == 100
     assert doc["rows"]["gateway request tokens"]["errors"] == 0
     assert doc["rows"]["verify endpoint"]["errors"] == 0
