@@ -12,7 +12,7 @@ from .conftest import ROOT
 PACKAGE = ROOT / "gateway"
 # Lowest first. A module may import modules of its own layer or of lower layers only.
 LAYERS = [
-    {"gateway.problems", "gateway.primitives"},
+    {"gateway.problems", "gateway.primitives", "gateway.metrics"},
     {"gateway.config"},
     {"gateway.keys", "gateway.store"},
     {"gateway.audit"},

@@ -62,6 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     kw = _uvicorn_kwargs(s, args)
     app = create_app(s, keys=found.keys)
     asyncio.run(check_store(s, args))  # migrations, and a store that does not answer
+    from gateway.metrics import serve
+    serve(s, workers)  # the metrics listener, in this process (the parent of any workers)
     if workers > 1:
         os.environ["STEPGATE_CONFIG"] = str(s.source)
         file = keys_file(args)

@@ -124,6 +124,20 @@ class ForwardAuthSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics on a listener of their own (docs/operations.md); None: off."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class AccessLogSettings:
+    """One JSON line per request (docs/operations.md); None: off."""
+
+    path: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path
     upstream: UpstreamSettings
@@ -157,6 +171,9 @@ class Settings:
     limits: ClientLimits = field(default_factory=ClientLimits)
     manage: ManageSettings = field(default_factory=ManageSettings)
     forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
+    shutdown_grace: float = 30.0  # SIGTERM: in-flight requests may finish within this
     channels: tuple[ChannelSettings, ...] = ()
     notify_channel: str | None = None
     challenge_ttl: float = 300.0

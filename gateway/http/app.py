@@ -24,6 +24,7 @@ from gateway.http.forwardauth import ForwardAuth
 from gateway.http.relay import Relay
 from gateway.http.wire import STARTED, ClientGone, Receive, Scope, Send, read_body, send_problem
 from gateway.keys import KeyRing, load_admin_key
+from gateway.metrics import METRICS
 from gateway.problems import Problem
 from gateway.proxy import AiohttpForwarder, Forwarder, HeaderPolicy
 from gateway.store import Store, StoreUnavailable, open_store
@@ -81,6 +82,7 @@ class Gateway:
 
     async def startup(self) -> None:
         if not self._started:
+            METRICS.configure(self.settings)
             await self.store.open()
             self.signer.instance = self.store.instance_id
             watch = getattr(self.store, "watch_instance", None)

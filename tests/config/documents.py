@@ -40,6 +40,7 @@ CONFIG: dict[str, Any] = {
     "paths": {"normalize": True, "case_insensitive": True}, "max_body": "2MiB",
     "evidence_headers": {"user": "X-U", "rule": "X-R", "factor": "X-F", "verified_at": "X-V"},
     "forward_auth": {"trusted_proxies": ["10.9.0.0/16"], "secret_env": "FA_SECRET_FOR_TESTS"},
+    "metrics": {"listen": "127.0.0.1:9199"}, "access_log": {"path": "-"}, "shutdown_grace": "5s",
     "throttle": {"challenge_attempts": 3, "lock_after": 4, "lock_base": "1m", "lock_max": "2h",
                  "hard_lock_after": 50, "challenges_per_window": 2, "challenge_window": "1m",
                  "sends_per_window": 1, "send_window": "1h", "resend_after": "10s"},

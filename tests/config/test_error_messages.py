@@ -272,11 +272,11 @@ def test_an_unknown_key_names_the_key_it_probably_misspells() -> None:
         """) == [
         "c.yaml:3: upstream: unknown key 'conect_timeout', did you mean 'connect_timeout'?",
         # nothing close: every key it could have been
-        "c.yaml:5: unknown key 'colour'; expected one of 'admin', 'audit', 'challenge_ttl', "
+        "c.yaml:5: unknown key 'colour'; expected one of 'access_log', 'admin', 'audit', 'challenge_ttl', "
         "'default_action', 'enrollment', 'evidence_headers', 'factors', 'forward_auth', "
         "'identity', 'keys', "
-        "'limits', 'listen', 'manage', 'max_body', 'notify', 'paths', 'policies', 'prefix', "
-        "'realm', 'redis', 'redis_prefix', 'store', 'store_timeout', 'throttle', 'ticket_ttl', 'token_header', "
+        "'limits', 'listen', 'manage', 'max_body', 'metrics', 'notify', 'paths', 'policies', 'prefix', "
+        "'realm', 'redis', 'redis_prefix', 'shutdown_grace', 'store', 'store_timeout', 'throttle', 'ticket_ttl', 'token_header', "
         "'trusted_proxies', 'upstream', 'workers'",
         "policies/rules.yaml:3: rule #1 ('a'): match: unknown key 'path', did you mean 'paths'?",
         "policies/rules.yaml:4: rule #1 ('a'): unknown key 'actoin', did you mean 'action'?",

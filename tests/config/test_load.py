@@ -71,11 +71,11 @@ def test_every_config_error_is_reported_at_once(tmp_path: Path) -> None:
     where = str(path)
     # yaml.safe_dump writes the keys in name order; problems come in line order.
     assert errs == [
-        f"{where}:1: unknown key 'colour'; expected one of 'admin', 'audit', 'challenge_ttl', "
+        f"{where}:1: unknown key 'colour'; expected one of 'access_log', 'admin', 'audit', 'challenge_ttl', "
         "'default_action', 'enrollment', 'evidence_headers', 'factors', 'forward_auth', "
         "'identity', 'keys', "
-        "'limits', 'listen', 'manage', 'max_body', 'notify', 'paths', 'policies', 'prefix', "
-        "'realm', 'redis', 'redis_prefix', 'store', 'store_timeout', 'throttle', 'ticket_ttl', 'token_header', "
+        "'limits', 'listen', 'manage', 'max_body', 'metrics', 'notify', 'paths', 'policies', 'prefix', "
+        "'realm', 'redis', 'redis_prefix', 'shutdown_grace', 'store', 'store_timeout', 'throttle', 'ticket_ttl', 'token_header', "
         "'trusted_proxies', 'upstream', 'workers'",
         f"{where}:2: default_action: expected one of 'allow', 'deny', found 'maybe'",
         f"{where}:3: enrollment: expected one of 'open', 'admin', found 'closed'",

@@ -28,6 +28,7 @@ def errors(tmp_path: Path, config: dict, policy: dict = SIMPLE) -> tuple[str, ..
 def test_one_validator_per_section_in_dependency_order() -> None:
     assert [s.name for s in SECTIONS] == [
         "listen", "http", "upstream", "paths", "limits", "evidence_headers", "forward_auth",
+        "operations",
         "store", "redis",
         "keys", "admin", "audit", "identity", "factors", "notify", "throttle", "manage", "ttls",
         "policies"]

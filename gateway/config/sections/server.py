@@ -21,9 +21,11 @@ from gateway.config.fields import (
 from gateway.config.registry import ENV_NAME
 from gateway.config.sections.base import HEADER_NAME, Loading, Section, properties_of, read_group
 from gateway.config.settings import (
+    AccessLogSettings,
     ClientLimits,
     EvidenceHeaders,
     ForwardAuthSettings,
+    MetricsSettings,
     Settings,
     UpstreamSettings,
 )
@@ -140,6 +142,20 @@ FORWARD_AUTH = Group(ForwardAuthSettings, (
 ))
 
 
+METRICS = Group(MetricsSettings, (
+    Custom("listen", expected="host:port like '127.0.0.1:9108'", convert=_listen,
+           show=lambda v: f"{v[0]}:{v[1]}", json={"type": "string", "pattern": r"^.+:\d{1,5}$"},
+           doc="host:port of the Prometheus listener (never the public port); absent: off"),
+))
+ACCESS_LOG = Group(AccessLogSettings, (
+    Text("path", doc="a file, or '-' for standard output; absent: no access log"),
+))
+SHUTDOWN = Group(Settings, (
+    Duration("shutdown_grace", maximum=3600,
+             doc="SIGTERM: in-flight requests may finish within this, then the rest is cut"),
+))
+
+
 def _listen_section(r: Reader, ctx: Loading) -> None:
     values = LISTEN.read(r)
     ctx.values["listen_host"], ctx.values["listen_port"] = values["listen"]
@@ -181,6 +197,16 @@ def _forward_auth(r: Reader, ctx: Loading) -> None:
         ctx.values["forward_auth"] = ForwardAuthSettings(**values)
 
 
+def _operations(r: Reader, ctx: Loading) -> None:
+    values = read_group(r, "metrics", METRICS)
+    if values is not None:
+        ctx.values["metrics"] = MetricsSettings(**values)
+    values = read_group(r, "access_log", ACCESS_LOG)
+    if values is not None:
+        ctx.values["access_log"] = AccessLogSettings(**values)
+    ctx.values.update(SHUTDOWN.read(r))
+
+
 SECTIONS = (
     Section("listen", _listen_section, lambda: properties_of(LISTEN)),
     Section("http", _surface, lambda: properties_of(SURFACE)),
@@ -190,4 +216,7 @@ SECTIONS = (
     Section("limits", _limits, lambda: {"limits": LIMITS.schema(), **properties_of(MAX_BODY)}),
     Section("evidence_headers", _evidence, lambda: {"evidence_headers": EVIDENCE.schema()}),
     Section("forward_auth", _forward_auth, lambda: {"forward_auth": FORWARD_AUTH.schema()}),
+    Section("operations", _operations, lambda: {"metrics": METRICS.schema(),
+                                                "access_log": ACCESS_LOG.schema(),
+                                                **properties_of(SHUTDOWN)}),
 )
