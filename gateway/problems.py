@@ -55,6 +55,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "upstream-unavailable": (502, "Upstream unavailable"),
     "delivery-failed": (502, "Code delivery failed"),
     "store-unavailable": (503, "Service unavailable"),
+    "not-ready": (503, "Not ready"),
     "upstream-busy": (503, "Upstream busy"),
     "too-many-connections": (503, "Too many connections"),
     "upstream-timeout": (504, "Upstream timeout"),

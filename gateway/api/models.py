@@ -69,6 +69,15 @@ class FactorDetails(BaseModel):
     type: str
 
 
+class Serving(BaseModel):
+    status: Literal["serving"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    rules: int = Field(description="policy rules loaded")
+
+
 class ConfigDoc(BaseModel):
     factors: list[str] = Field(description="every second factor a rule may name")
     token_header: str

@@ -28,6 +28,8 @@ from gateway.api.models import (
     FactorsRemaining,
     NoOptions,
     ProblemDetails,
+    Readiness,
+    Serving,
     TokenIssued,
     UserFactors,
     UserReset,
@@ -111,6 +113,11 @@ def operations(ctx: Context) -> list[Op]:
               "/factors or 'recovery' (DELETE)"}
     as_text = any(enrols_as_text(f) for f in registry.values())
     ops = [
+        Op("health", "GET", "/health", "200 while the process serves (for probes)", "none",
+           {200: (Serving,)}, _merge(COMMON)),
+        Op("ready", "GET", "/ready", "200 when policies are loaded and the store (and Redis) "
+           "answered a real round trip; else 503 not-ready naming what is down", "none",
+           {200: (Readiness,)}, _merge(COMMON, {503: ("not-ready",)})),
         Op("config", "GET", "/config", "Factors, token header, prefix, enrolment mode",
            "none", {200: (ConfigDoc,)}, _merge(COMMON), no_store=False),
         Op("openapi", "GET", "/openapi.json", "This document", "none", {200: ()},

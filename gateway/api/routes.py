@@ -24,6 +24,7 @@ from gateway.api.bodies import require_json
 from gateway.api.common import PATH, RESERVATION, JsonAnswer, ProblemAnswer
 from gateway.api.context import Context
 from gateway.api.handshake import Handshake
+from gateway.api.health import Health
 from gateway.api.openapi import document, operations
 from gateway.api.selfservice import SelfService
 from gateway.decision.decide import store_down
@@ -66,9 +67,12 @@ class Endpoints:
         shake = Handshake(ctx)
         me = SelfService(ctx)
         admin = Admin(ctx)
+        probes = Health(ctx)
         self.operations = operations(ctx)
         self.openapi = document(ctx, self.operations)
         table: list[tuple[str, dict[str, Handler]]] = [
+            ("/health", {"GET": probes.health}),
+            ("/ready", {"GET": probes.ready}),
             ("/config", {"GET": shake.config}),
             ("/openapi.json", {"GET": self.openapi_json}),
             ("/challenges", {"POST": shake.create_challenge}),

@@ -76,6 +76,10 @@ class Lifecycle(Protocol):
 
     async def open(self, *, create: bool = False) -> None: ...
     async def close(self) -> None: ...
+    async def ready(self) -> list[str]:
+        """What is down, one sentence each naming the part ("store: ...", "redis: ..."), or
+        [] when a real round trip succeeded (GET {prefix}/ready)."""
+        ...
 
 
 class FactorStore(Protocol):

@@ -54,6 +54,9 @@ class Combined:
             await self.durable.close()
             raise
 
+    async def ready(self) -> list[str]:
+        return [*await self.durable.ready(), *await self.hot.ready()]
+
     async def close(self) -> None:
         try:
             await self.hot.close()

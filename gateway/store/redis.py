@@ -302,6 +302,13 @@ class RedisHotStore:
             except (RedisError, OSError):
                 pass  # closing a connection to a server that is gone
 
+    async def ready(self) -> list[str]:
+        try:
+            await self._call(lambda c: c.ping())
+        except StoreUnavailable as exc:
+            return [f"redis: does not answer ({exc})"]
+        return []
+
     async def _call(self, op: Callable[[aioredis.Redis], Awaitable[T]], repeat: bool = True) -> T:
         client = self.client
         if client is None:

@@ -211,6 +211,17 @@ class Connection:
             if con is not None:
                 await _give_back(pool, con, clean)
 
+    async def ready(self) -> list[str]:
+        """A real round trip: the store's id read back from the database."""
+        try:
+            found = await self.run(lambda con: con.fetchval(
+                "SELECT value FROM meta WHERE key = 'instance_id'"))
+        except StoreUnavailable as exc:
+            return [f"store: PostgreSQL does not answer ({exc})"]
+        if found != self.instance_id:
+            return ["store: the PostgreSQL database holds another store than the one opened"]
+        return []
+
     async def open(self, *, create: bool = False) -> None:
         """Connect, then create or migrate the store under the migration lock. An empty
         database becomes a store (the first start); a database that was a store and lost

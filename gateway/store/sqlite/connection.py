@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import secrets
 import sqlite3
 import time
@@ -130,6 +131,7 @@ class Connection:
         self.db: sqlite3.Connection | None = None
         self.instance_id = ""
         self.executor: ThreadPoolExecutor | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file opened
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -182,6 +184,8 @@ class Connection:
             raise StoreUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
         if not memory:
             marker.write_text(self.instance_id + "\n", encoding="utf-8")
+            st = os.stat(self.path)
+            self._file = (st.st_dev, st.st_ino)
 
     def _wal(self, db: sqlite3.Connection) -> None:
         # Switching a new file to WAL needs it to itself, and SQLite answers "locked" at
@@ -218,6 +222,46 @@ class Connection:
                     if statement.strip():
                         c.execute(statement)
                 c.execute("UPDATE schema_version SET version = ?", (number,))
+
+    async def ready(self) -> list[str]:
+        """The file opened is still the file at the path, and a fresh connection reads the
+        same store from it: a file deleted or replaced under a running gateway keeps
+        answering this process (WAL) while its state is being lost."""
+        executor = self.executor
+        if executor is None or self.db is None:
+            return ["store: not open"]
+        if self.path == ":memory:":
+            return []
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await loop.run_in_executor(None, self._check_file)
+        except TimeoutError:
+            return [f"store: {self.path} did not answer within {self.timeout:g}s"]
+
+    def _check_file(self) -> list[str]:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return [f"store: {self.path} is missing (deleted under the running gateway: "
+                    "restore it from a backup and restart)"]
+        if (st.st_dev, st.st_ino) != self._file:
+            return [f"store: {self.path} was replaced under the running gateway (restart it "
+                    "to use the new file)"]
+        try:
+            fresh = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                    timeout=self.timeout * 0.8)
+            try:
+                row = fresh.execute(
+                    "SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
+            finally:
+                fresh.close()
+        except sqlite3.Error as exc:
+            return [f"store: {self.path} does not answer a new connection "
+                    f"({exc.__class__.__name__})"]
+        if row is None or row[0] != self.instance_id:
+            return [f"store: {self.path} holds another store than the one opened"]
+        return []
 
     async def close(self) -> None:
         executor, self.executor = self.executor, None
