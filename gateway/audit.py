@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from gateway.primitives import REQUEST_ID
 from gateway.store import Store, StoreUnavailable
 
 _STREAM_ONLY = frozenset({"allowed", "token_used"})
@@ -101,12 +102,18 @@ class Audit:
         if ms != self._ms:
             self._ms = ms
             self._stamp = f'{{"ts":{ms // 1000}.{ms % 1000:03d}'
-        self._pending.append(self._stamp + tail)
+        rid = REQUEST_ID.get()
+        # Request ids are generated or checked against REQUEST_ID_SHAPE: no escaping.
+        self._pending.append(self._stamp + tail if rid is None else
+                             f'{self._stamp},"request_id":"{rid}"{tail}')
         if self._timer is None:
             self._arm()
 
     async def emit(self, event: str, **fields: Any) -> None:
         doc = {"ts": round(self.clock(), 3), "event": event}
+        rid = REQUEST_ID.get()
+        if rid is not None:
+            doc["request_id"] = rid
         doc.update((k, v) for k, v in fields.items() if v is not None)
         self._write(json.dumps(doc, separators=(",", ":")) + "\n")
         if self.store is not None and event not in _STREAM_ONLY and fields.get("user"):

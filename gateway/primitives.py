@@ -1,11 +1,16 @@
-"""Small pieces with one home each: constant-time comparison, timestamps, bounded caches."""
+"""Small pieces with one home each: constant-time comparison, timestamps, bounded caches,
+request ids."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import hmac
+import itertools
+import re
+import secrets
 import time
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -60,3 +65,21 @@ class BoundedCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+# The id of the request being served, set where a request enters (http/app.py, the
+# server's quick answers) and read where a line or an answer is written about it: audit
+# events, problem+json bodies, the access log, the upstream request.
+REQUEST_ID: ContextVar[str | None] = ContextVar("stepgate_request_id", default=None)
+# A request id believed from a trusted proxy: short, and nothing a log line or header
+# could carry in two ways.
+REQUEST_ID_SHAPE = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+_ids = itertools.count(1)
+_process = secrets.token_hex(6)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts (a random per-process part and a
+    counter), cheap enough for every request."""
+    return f"{_process}-{next(_ids):x}"
+

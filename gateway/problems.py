@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.primitives import REQUEST_ID
+
 PROBLEM_TYPE_PREFIX = "urn:stepgate:problem:"
 
 Headers = list[tuple[bytes, bytes]]
@@ -86,6 +88,9 @@ class Problem(Exception):
         if self.detail is not None:
             doc["detail"] = self.detail
         doc.update(self.extensions)
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            doc["request_id"] = request_id
         return doc
 
     def render(self) -> tuple[int, Headers, bytes]:

@@ -33,9 +33,9 @@ from gateway.audit import Audit
 from gateway.config.settings import Settings
 from gateway.decision.decide import Decider, Decision, View
 from gateway.decision.uses import TokenUses
-from gateway.http.wire import Receive, Scope, Send, read_body, send_problem
+from gateway.http.wire import Receive, Scope, Send, read_body, request_id, send_problem
 from gateway.keys import load_forward_secret
-from gateway.primitives import BoundedCache
+from gateway.primitives import REQUEST_ID, BoundedCache
 from gateway.problems import Headers, Problem, bad_request
 
 SECRET_HEADER = b"x-stepgate-auth-secret"
@@ -185,12 +185,18 @@ def _envoy_body(partial: bytes | None, framed: bool) -> bool:
     return True
 
 
+def _nobody(peer: str | None) -> bool:
+    return False
+
+
 class ForwardAuth:
     """The endpoints, who may ask them, and how a Decision is answered."""
 
     def __init__(self, settings: Settings, decider: Decider, uses: TokenUses,
-                 audit: Audit) -> None:
+                 audit: Audit, ids_trusted: Callable[[str | None], bool] = _nobody) -> None:
         self.decider = decider
+        # Whether an ask's X-Request-Id is believed (the top-level trusted_proxies).
+        self.ids_trusted = ids_trusted
         self.uses = uses
         self.audit = audit
         self.trusted = settings.forward_auth.trusted_proxies
@@ -278,6 +284,7 @@ class ForwardAuth:
             v = self._view(scope, *endpoint, _no_body)
         except Problem:
             return None
+        REQUEST_ID.set(request_id(scope["headers"], self.ids_trusted(v.client)))
         d = self.decider.quick(v)
         if d is None or d.kind != "allow" or d.reservation is not None:
             return None

@@ -4,11 +4,14 @@ outcome proves (decision/uses.py), stream the answer back."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from gateway.decision.decide import Decision
 from gateway.decision.uses import Outcome, TokenUses
+from gateway.http.access import UPSTREAM_MS
 from gateway.http.wire import STARTED, ClientGone, Receive, Scope, Send, stream_body
+from gateway.primitives import REQUEST_ID
 from gateway.problems import Problem
 from gateway.proxy import Forwarder, HeaderPolicy, UpstreamError
 
@@ -27,7 +30,8 @@ class Relay:
         assert d.path is not None
         client = scope.get("client")
         out = self.headers.request(scope["headers"], client=client[0] if client else None,
-                                   scheme=scope.get("scheme", "http"), extra=d.evidence or ())
+                                   scheme=scope.get("scheme", "http"), extra=d.evidence or (),
+                                   request_id=REQUEST_ID.get())
         query = scope.get("query_string", b"")
         target = d.path.raw + "?" + query.decode("latin-1") if query else d.path.raw
         payload: Any = d.body if d.body is not None else (
@@ -38,8 +42,10 @@ class Relay:
         outcome: Outcome = "unknown"
         try:
             try:
+                sent = time.monotonic()
                 resp = await self.forwarder.send(scope["method"], target, out, payload,
                                                  at_most_once=reservation is not None)
+                scope[UPSTREAM_MS] = round((time.monotonic() - sent) * 1000, 3)
             except UpstreamError as exc:
                 if exc.not_sent:
                     outcome = "not_sent"

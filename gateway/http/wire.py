@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from typing import Any
 
 from gateway.decision.request import header
+from gateway.primitives import REQUEST_ID_SHAPE, new_request_id
 from gateway.problems import Headers, Problem, too_large
 
 Scope = MutableMapping[str, Any]
@@ -18,6 +19,16 @@ Send = Callable[[Message], Awaitable[None]]
 # Set in the scope by whoever sends a response start, so a later error is logged rather
 # than answered a second time.
 STARTED = "stepgate.started"
+
+
+def request_id(headers: Sequence[tuple[bytes, bytes]], trusted: bool) -> str:
+    """The request's id: the one a trusted proxy sent in X-Request-Id (one field, of a safe
+    shape), else a new one; a client's own is never believed."""
+    if trusted:
+        given = [v for k, v in headers if k == b"x-request-id"]
+        if len(given) == 1 and REQUEST_ID_SHAPE.fullmatch(given[0]) is not None:
+            return given[0].decode("ascii")
+    return new_request_id()
 
 
 class ClientGone(Exception):

@@ -70,7 +70,8 @@ class HeaderPolicy:
         return hit
 
     def request(self, headers: Iterable[tuple[bytes, bytes]], *, client: str | None,
-                scheme: str, extra: Iterable[tuple[str, str]]) -> StrHeaders:
+                scheme: str, extra: Iterable[tuple[str, str]],
+                request_id: str | None = None) -> StrHeaders:
         """The upstream request's headers, as str pairs for the client stack.
 
         The client's hop-by-hop fields, including every field its Connection header
@@ -131,6 +132,8 @@ class HeaderPolicy:
         if fhost or host:
             out.append(("x-forwarded-host", (fhost or host or b"").decode("latin-1")))
         out.append(("via", f"{via.decode('latin-1')}, {VIA}" if via else VIA))
+        if request_id is not None:
+            out.append(("x-request-id", request_id))
         out.extend(extra)
         return out
 

@@ -113,7 +113,8 @@ async def test_an_unexpected_error_is_an_internal_error_problem_and_logged(
         assert r.status_code == 500
         assert r.headers["content-type"] == "application/problem+json"
         assert r.json() == {"type": "urn:stepgate:problem:internal-error",
-                            "title": "Internal error", "status": 500}
+                            "title": "Internal error", "status": 500,
+                            "request_id": r.json()["request_id"]}
         assert [rec.message for rec in caplog.records] == ["internal error"]
         assert (await client.get(f"{P}/config")).status_code == 200  # and it goes on
 

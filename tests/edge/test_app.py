@@ -569,6 +569,8 @@ async def test_cached_decisions_still_audit_every_request_alike(env: Env) -> Non
         assert (await env.client.get("/sess/a", auth=("alice", PW), headers=h)).status_code == 200
     env.app.audit.flush()
     lines = [json.loads(x) for x in env.audit.getvalue().splitlines()]
+    ids = [event.pop("request_id") for event in lines]
+    assert len(set(ids)) == 6  # each request its own id, cached decision or not
     for event in lines:
         event.pop("ts")
     assert lines == [{"event": "allowed", "rule": "open", "method": "GET", "path": "/open/x"},
