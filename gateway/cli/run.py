@@ -31,7 +31,39 @@ def _uvicorn_kwargs(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from gateway.http.server import GatewayHttpProtocol
     return dict(host=host, port=port, loop="uvloop", http=GatewayHttpProtocol, lifespan="on",
                 access_log=bool(getattr(args, "access_log", False)), server_header=False,
-                date_header=False, log_level="info", proxy_headers=False, ws="none")
+                date_header=False, log_level="info", proxy_headers=False, ws="none",
+                timeout_graceful_shutdown=s.shutdown_grace)
+
+
+def log_to_stderr() -> None:
+    """The gateway's own messages (reloads, store trouble) on standard error, beside the
+    server's."""
+    import logging
+    logger = logging.getLogger("stepgate")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     stepgate: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def serve_workers(kw: dict[str, Any], workers: int) -> None:
+    """uvicorn's supervisor of ``workers`` processes, except that SIGHUP is passed on to
+    every worker, each of which reloads its configuration (uvicorn's own would restart them
+    all, and a broken configuration would then stop the service)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                pid = process.pid
+                if pid is not None:
+                    os.kill(pid, signal.SIGHUP)
+
+    config = uvicorn.Config("gateway.cli.run:worker_app", factory=True, workers=workers, **kw)
+    Supervisor(config, sockets=[config.bind_socket()]).run()
 
 
 def worker_app() -> Any:
@@ -40,9 +72,11 @@ def worker_app() -> Any:
     from gateway.config.load import load_settings
     from gateway.http.app import create_app
     from gateway.keys import KeyRing
+    log_to_stderr()
     s = load_settings(os.environ["STEPGATE_CONFIG"])
     file = os.environ.get(KEYS_FILE_ENV)
-    return create_app(s, keys=KeyRing.from_settings(s.keys, Path(file) if file else None))
+    return create_app(s, keys=KeyRing.from_settings(s.keys, Path(file) if file else None),
+                      serving=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -60,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = checked.settings
     workers = args.workers or s.workers
     kw = _uvicorn_kwargs(s, args)
-    app = create_app(s, keys=found.keys)
+    log_to_stderr()
+    app = create_app(s, keys=found.keys, serving=True)
     asyncio.run(check_store(s, args))  # migrations, and a store that does not answer
     from gateway.metrics import serve
     serve(s, workers)  # the metrics listener, in this process (the parent of any workers)
@@ -69,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         file = keys_file(args)
         if file is not None:
             os.environ[KEYS_FILE_ENV] = str(file.resolve())
-        uvicorn.run("gateway.cli.run:worker_app", factory=True, workers=workers, **kw)
+        serve_workers(kw, workers)
         return 0
     uvicorn.run(app, **kw)
     return 0

@@ -142,6 +142,7 @@ class Settings:
     source: Path
     upstream: UpstreamSettings
     rules: RuleSet  # the validated policy source; decision.policies.Policy matches them
+    policies_path: Path | None = None  # the file or folder the rules came from (reloads watch it)
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     workers: int = 1

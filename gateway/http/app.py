@@ -20,11 +20,23 @@ from gateway.decision.regulator import Regulator
 from gateway.decision.tokens import Signer
 from gateway.decision.uses import TokenUses
 from gateway.factors.registry import registry
+from gateway.http.access import NOTE, AccessLog
 from gateway.http.forwardauth import ForwardAuth
 from gateway.http.relay import Relay
-from gateway.http.wire import STARTED, ClientGone, Receive, Scope, Send, read_body, send_problem
+from gateway.http.reload import Reloader
+from gateway.http.wire import (
+    STARTED,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    request_id,
+    send_problem,
+)
 from gateway.keys import KeyRing, load_admin_key
 from gateway.metrics import METRICS
+from gateway.primitives import REQUEST_ID
 from gateway.problems import Problem
 from gateway.proxy import AiohttpForwarder, Forwarder, HeaderPolicy
 from gateway.store import Store, StoreUnavailable, open_store
@@ -33,14 +45,54 @@ log = logging.getLogger("stepgate")
 GC_GEN0_THRESHOLD = 20_000
 
 
+class Parts:
+    """Everything built from the settings that a reload replaces in one assignment: the
+    header policy, the decider (rules, identity, factors), the own endpoints and their
+    context, the relay and the forward-auth endpoints. A request reads them once, at its
+    start, so it finishes under the rules it started with."""
+
+    def __init__(self, settings: Settings, gw: Gateway) -> None:
+        self.settings = settings
+        ev = settings.evidence
+        # X-Request-Id too: a client's copy is dropped, the request's own id is sent.
+        own = [settings.token_header, ev.user, ev.rule, ev.factor, ev.verified_at,
+               "X-Request-Id"]
+        if settings.header_identity is not None:
+            own.append(settings.header_identity.name)
+        self.headers = HeaderPolicy(own, settings.trusted_proxies)
+        factors = registry(settings, gw.store, gw.keys)
+        self.decider = Decider(
+            settings, PolicyEngine.from_rules(settings.rules, settings.default_action),
+            store=gw.store, signer=gw.signer, audit=gw.audit, clock=gw.clock,
+            identity=make_identity(settings.basic, settings.header_identity, gw.forwarder,
+                                   self.headers, gw.clock),
+            factors=factors.factors, uses=gw.uses)
+        self.context = Context(
+            settings=settings, store=gw.store, clock=gw.clock, keys=gw.keys, signer=gw.signer,
+            audit=gw.audit, decider=self.decider, uses=gw.uses, factors=factors.factors,
+            channels=factors.channels, admin_key=load_admin_key(settings),
+            regulator=Regulator(gw.store, gw.clock, settings.throttle, gw.audit,
+                                on_lock=self.decider.forget_generation),
+            background=gw.background)
+        self.endpoints = Endpoints(self.context)
+        self.relay = Relay(gw.forwarder, self.headers, gw.uses,
+                           settings.upstream.success_below)
+        self.forward_auth = ForwardAuth(settings, self.decider, gw.uses, gw.audit,
+                                        self.headers.is_trusted)
+        self.auth_prefix = self.forward_auth.prefix
+
+
 class Gateway:
-    """``create_app`` builds one; everything that varies is injected."""
+    """``create_app`` builds one; everything that varies is injected. ``serving`` (the
+    server processes ``stepgate run`` starts): reload on SIGHUP and when the configuration
+    or a policy file changes (gateway/http/reload.py)."""
 
     def __init__(self, settings: Settings, *, store: Store | None = None,
                  forwarder: Forwarder | None = None, keys: KeyRing | None = None,
-                 clock: Callable[[], float] = time.time, audit: Audit | None = None) -> None:
-        self.settings = settings
+                 clock: Callable[[], float] = time.time, audit: Audit | None = None,
+                 serving: bool = False) -> None:
         self.clock = clock
+        self.serving = serving
         self.keys = keys or KeyRing.from_settings(settings.keys)
         self.signer = Signer(self.keys.signing)
         self.store = store or open_store(settings.store_url, settings.store_timeout,
@@ -52,31 +104,47 @@ class Gateway:
         self.forwarder: Forwarder = forwarder or AiohttpForwarder(
             up.url, connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
             pool_size=up.pool_size, pool_timeout=up.pool_timeout)
-        ev = settings.evidence
-        own = [settings.token_header, ev.user, ev.rule, ev.factor, ev.verified_at]
-        if settings.header_identity is not None:
-            own.append(settings.header_identity.name)
-        self.headers = HeaderPolicy(own, settings.trusted_proxies)
-        factors = registry(settings, self.store, self.keys)
-        self.decider = Decider(
-            settings, PolicyEngine.from_rules(settings.rules, settings.default_action),
-            store=self.store, signer=self.signer, audit=self.audit, clock=clock,
-            identity=make_identity(settings.basic, settings.header_identity, self.forwarder,
-                                   self.headers, clock),
-            factors=factors.factors, uses=self.uses)
-        self.context = Context(
-            settings=settings, store=self.store, clock=clock, keys=self.keys, signer=self.signer,
-            audit=self.audit, decider=self.decider, uses=self.uses, factors=factors.factors,
-            channels=factors.channels, admin_key=load_admin_key(settings),
-            regulator=Regulator(self.store, clock, settings.throttle, self.audit,
-                                on_lock=self.decider.forget_generation))
-        self.endpoints = Endpoints(self.context)
-        self.relay = Relay(self.forwarder, self.headers, self.uses, up.success_below)
-        self.forward_auth = ForwardAuth(settings, self.decider, self.uses, self.audit)
-        self._auth_prefix = self.forward_auth.prefix
-        # The server protocol answers an ask known without waiting itself (http/server.py).
-        self.quick = self.forward_auth.quick
+        self.background: set[asyncio.Task[None]] = set()
+        self.access = AccessLog.open(settings.access_log.path, clock)
+        self.parts = Parts(settings, self)
+        self.reloader = Reloader(self, Parts)
         self._started = False
+
+    # The parts of the moment (a reload replaces them together).
+    @property
+    def settings(self) -> Settings:
+        return self.parts.settings
+
+    @property
+    def decider(self) -> Decider:
+        return self.parts.decider
+
+    @property
+    def context(self) -> Context:
+        return self.parts.context
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return self.parts.endpoints
+
+    @property
+    def headers(self) -> HeaderPolicy:
+        return self.parts.headers
+
+    @property
+    def forward_auth(self) -> ForwardAuth:
+        return self.parts.forward_auth
+
+    @property
+    def relay(self) -> Relay:
+        return self.parts.relay
+
+    def quick(self, scope: Scope) -> bytes | None:
+        """The server protocol answers a forward-auth ask known without waiting itself
+        (http/server.py); not when every request must have its access-log line."""
+        if self.access is not None:
+            return None
+        return self.parts.forward_auth.quick(scope)
 
     # ------------------------------------------------------------------ lifespan
 
@@ -89,6 +157,8 @@ class Gateway:
             if watch is not None:  # a store whose id can change while running (Redis)
                 watch(self.instance_changed)
             self._started = True
+            if self.serving:
+                self.reloader.start()
             # Everything loaded so far lives as long as the process: keep the collector
             # from rescanning it on every full collection (measurable on the hot path).
             gc.collect()
@@ -107,13 +177,16 @@ class Gateway:
         self.decider.forget_tokens()
 
     async def shutdown(self) -> None:
-        if self.context.background:
-            await asyncio.wait(self.context.background, timeout=10)
+        await self.reloader.stop()
+        if self.background:
+            await asyncio.wait(self.background, timeout=10)
         if self._started:
             await self.forwarder.aclose()
             await self.audit.drain()
             await self.store.close()
             self.audit.close()
+            if self.access is not None:
+                self.access.close()
             self._started = False
 
     # ------------------------------------------------------------------ ASGI
@@ -121,6 +194,9 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            access = self.access
+            if access is not None:
+                send = access.wrap(scope, send)
             try:
                 await self.handle(scope, receive, send)
             except Problem as problem:
@@ -137,6 +213,9 @@ class Gateway:
                 log.exception("internal error")
                 if STARTED not in scope:
                     await send_problem(send, Problem("internal-error"))
+            finally:
+                if access is not None:
+                    access.done(scope)
         elif kind == "lifespan":
             while True:
                 message = await receive()
@@ -153,25 +232,32 @@ class Gateway:
                     return
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts = self.parts  # this request's rules, whatever a reload does meanwhile
         headers = scope["headers"]
         client = scope.get("client")
+        peer = client[0] if client else None
+        REQUEST_ID.set(request_id(headers, parts.headers.is_trusted(peer)))
         raw_path = scope.get("raw_path") or scope["path"].encode()
-        if raw_path.startswith(self._auth_prefix):
-            endpoint = self.forward_auth.route(raw_path)
+        if raw_path.startswith(parts.auth_prefix):
+            endpoint = parts.forward_auth.route(raw_path)
             if endpoint is not None:  # an ingress asks (forward-auth mode)
-                await self.forward_auth(scope, receive, send, *endpoint)
+                if self.access is not None:
+                    scope[NOTE] = ("ask", endpoint[0].name)
+                await parts.forward_auth(scope, receive, send, *endpoint)
                 return
 
         async def body(limit: int) -> bytes:
             return await read_body(receive, headers, limit)
-        d = await self.decider.decide(View(
-            scope["method"], raw_path, scope.get("query_string", b""), headers,
-            client[0] if client else None, body, scope.get("http_version") != "1.0"))
+        d = await parts.decider.decide(View(
+            scope["method"], raw_path, scope.get("query_string", b""), headers, peer, body,
+            scope.get("http_version") != "1.0"))
+        if self.access is not None:
+            scope[NOTE] = (d.kind, d.rule.name if d.rule else None, d.path)
         if d.kind == "allow":
-            await self.relay(scope, receive, send, d)
+            await parts.relay(scope, receive, send, d)
         elif d.kind == "own":
             assert d.path is not None
-            await self.endpoints.dispatch(scope, receive, send, d.path)
+            await parts.endpoints.dispatch(scope, receive, send, d.path)
         else:
             assert d.problem is not None
             await send_problem(send, d.problem)
@@ -179,8 +265,10 @@ class Gateway:
 
 def create_app(settings: Settings, *, store: Store | None = None,
                forwarder: Forwarder | None = None, keys: KeyRing | None = None,
-               clock: Callable[[], float] = time.time, audit: Audit | None = None) -> Gateway:
-    return Gateway(settings, store=store, forwarder=forwarder, keys=keys, clock=clock, audit=audit)
+               clock: Callable[[], float] = time.time, audit: Audit | None = None,
+               serving: bool = False) -> Gateway:
+    return Gateway(settings, store=store, forwarder=forwarder, keys=keys, clock=clock,
+                   audit=audit, serving=serving)
 
 
 def app_from_env() -> Gateway:

@@ -157,6 +157,15 @@ async def test_a_closed_store_raises_store_unavailable(store: Store) -> None:
         await store.reserve_use("j", 1, 1000.0, 0.0)
 
 
+async def test_an_open_store_is_ready_and_a_closed_one_is_not(store: Store) -> None:
+    assert await store.ready() == []
+    await store.close()
+    down = await store.ready()
+    assert down and all(d.split(":")[0] in ("store", "redis") for d in down)
+    await store.open()
+    assert await store.ready() == []
+
+
 async def test_open_with_create_opens_an_existing_store_unchanged(handles: Handles) -> None:
     (s,) = await handles()
     await s.add_factor(factor())

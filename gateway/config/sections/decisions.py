@@ -26,6 +26,7 @@ def _policies(r: Reader, ctx: Loading) -> None:
     values = POLICIES.read(r)
     ctx.values["default_action"] = values["default_action"]
     ctx.policies = ctx.resolve(values["policies"] or DEFAULT_POLICIES)
+    ctx.values["policies_path"] = ctx.policies
     ctx.values["rules"] = load_rules(
         ctx.policies, known_factors=ctx.known_factors, base=ctx.base, errors=ctx.errors,
         case_insensitive=bool(ctx.values.get("case_insensitive", False)))

@@ -203,7 +203,10 @@ def _operations(r: Reader, ctx: Loading) -> None:
         ctx.values["metrics"] = MetricsSettings(**values)
     values = read_group(r, "access_log", ACCESS_LOG)
     if values is not None:
-        ctx.values["access_log"] = AccessLogSettings(**values)
+        path = values["path"]
+        if path is not None and path != "-":
+            path = str(ctx.resolve(path))  # relative to the configuration file, as every path
+        ctx.values["access_log"] = AccessLogSettings(path)
     ctx.values.update(SHUTDOWN.read(r))
 
 
