@@ -74,12 +74,12 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("stepgate_request_id", default=N
 # A request id believed from a trusted proxy: short, and nothing a log line or header
 # could carry in two ways.
 REQUEST_ID_SHAPE = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
-_ids = itertools.count(1)
+_next_id = itertools.count(1).__next__
 _process = secrets.token_hex(6)
 
 
 def new_request_id() -> str:
     """A request id unique across processes and restarts (a random per-process part and a
     counter), cheap enough for every request."""
-    return f"{_process}-{next(_ids):x}"
+    return f"{_process}-{_next_id():x}"
 

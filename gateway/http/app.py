@@ -36,7 +36,7 @@ from gateway.http.wire import (
 )
 from gateway.keys import KeyRing, load_admin_key
 from gateway.metrics import METRICS
-from gateway.primitives import REQUEST_ID
+from gateway.primitives import REQUEST_ID, new_request_id
 from gateway.problems import Problem
 from gateway.proxy import AiohttpForwarder, Forwarder, HeaderPolicy
 from gateway.store import Store, StoreUnavailable, open_store
@@ -76,7 +76,7 @@ class Parts:
             background=gw.background)
         self.endpoints = Endpoints(self.context)
         self.relay = Relay(gw.forwarder, self.headers, gw.uses,
-                           settings.upstream.success_below)
+                           settings.upstream.success_below, timed=gw.access is not None)
         self.forward_auth = ForwardAuth(settings, self.decider, gw.uses, gw.audit,
                                         self.headers.is_trusted)
         self.auth_prefix = self.forward_auth.prefix
@@ -236,7 +236,9 @@ class Gateway:
         headers = scope["headers"]
         client = scope.get("client")
         peer = client[0] if client else None
-        REQUEST_ID.set(request_id(headers, parts.headers.is_trusted(peer)))
+        hp = parts.headers
+        REQUEST_ID.set(request_id(headers) if hp.trusted and hp.is_trusted(peer)
+                       else new_request_id())
         raw_path = scope.get("raw_path") or scope["path"].encode()
         if raw_path.startswith(parts.auth_prefix):
             endpoint = parts.forward_auth.route(raw_path)

@@ -35,7 +35,7 @@ from gateway.decision.decide import Decider, Decision, View
 from gateway.decision.uses import TokenUses
 from gateway.http.wire import Receive, Scope, Send, read_body, request_id, send_problem
 from gateway.keys import load_forward_secret
-from gateway.primitives import REQUEST_ID, BoundedCache
+from gateway.primitives import REQUEST_ID, BoundedCache, new_request_id
 from gateway.problems import Headers, Problem, bad_request
 
 SECRET_HEADER = b"x-stepgate-auth-secret"
@@ -284,7 +284,8 @@ class ForwardAuth:
             v = self._view(scope, *endpoint, _no_body)
         except Problem:
             return None
-        REQUEST_ID.set(request_id(scope["headers"], self.ids_trusted(v.client)))
+        REQUEST_ID.set(request_id(scope["headers"]) if self.ids_trusted(v.client)
+                       else new_request_id())
         d = self.decider.quick(v)
         if d is None or d.kind != "allow" or d.reservation is not None:
             return None

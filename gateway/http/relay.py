@@ -20,7 +20,8 @@ log = logging.getLogger("stepgate")
 
 class Relay:
     def __init__(self, forwarder: Forwarder, headers: HeaderPolicy, uses: TokenUses,
-                 success_below: int) -> None:
+                 success_below: int, *, timed: bool = False) -> None:
+        self.timed = timed  # note the upstream's latency for the access log
         self.forwarder = forwarder
         self.headers = headers
         self.uses = uses
@@ -42,10 +43,11 @@ class Relay:
         outcome: Outcome = "unknown"
         try:
             try:
-                sent = time.monotonic()
+                sent = time.monotonic() if self.timed else 0.0
                 resp = await self.forwarder.send(scope["method"], target, out, payload,
                                                  at_most_once=reservation is not None)
-                scope[UPSTREAM_MS] = round((time.monotonic() - sent) * 1000, 3)
+                if sent:
+                    scope[UPSTREAM_MS] = round((time.monotonic() - sent) * 1000, 3)
             except UpstreamError as exc:
                 if exc.not_sent:
                     outcome = "not_sent"

@@ -21,13 +21,13 @@ Send = Callable[[Message], Awaitable[None]]
 STARTED = "stepgate.started"
 
 
-def request_id(headers: Sequence[tuple[bytes, bytes]], trusted: bool) -> str:
-    """The request's id: the one a trusted proxy sent in X-Request-Id (one field, of a safe
-    shape), else a new one; a client's own is never believed."""
-    if trusted:
-        given = [v for k, v in headers if k == b"x-request-id"]
-        if len(given) == 1 and REQUEST_ID_SHAPE.fullmatch(given[0]) is not None:
-            return given[0].decode("ascii")
+def request_id(headers: Sequence[tuple[bytes, bytes]]) -> str:
+    """The id of a request from a trusted proxy: the X-Request-Id it sent (one field, of a
+    safe shape), else a new one. A client's own is never believed: ask only for trusted
+    peers."""
+    given = [v for k, v in headers if k == b"x-request-id"]
+    if len(given) == 1 and REQUEST_ID_SHAPE.fullmatch(given[0]) is not None:
+        return given[0].decode("ascii")
     return new_request_id()
 
 
