@@ -67,7 +67,7 @@ def _writable_folder(path: Path) -> Path | None:
     return folder
 
 
-def _audit(where: str, path: str) -> list[str]:
+def _audit(where: str, path: str, key: str = "audit.path") -> list[str]:
     if path == "-":
         return []
     # `run` opens it for appending before it serves (gateway.audit).
@@ -84,7 +84,7 @@ def _audit(where: str, path: str) -> list[str]:
         reason = ""
     if not reason:
         return []
-    return [f"{where}: audit.path: expected a file the gateway can append to at {p}, found "
+    return [f"{where}: {key}: expected a file the gateway can append to at {p}, found "
             f"{reason}"]
 
 
@@ -166,6 +166,8 @@ def preflight(checked: CheckedConfig, keys_file: Path | None = None) -> Prefligh
         out.problems += _forward_secret(where, s)
     if "audit" in ok:
         out.problems += _audit(where, s.audit_path)
+    if "operations" in ok and s.access_log.path is not None:
+        out.problems += _audit(where, s.access_log.path, "access_log.path")
     if "identity" in ok and s.basic is not None and s.basic.htpasswd is not None:
         out.problems += _htpasswd(where, s.basic.htpasswd)
     if "store" in ok:

@@ -104,6 +104,13 @@ SCENARIOS: list[tuple[str, dict[str, Any], dict[str, str | None], dict[str, str]
     ("audit folder missing", {"audit": {"path": "logs/audit.jsonl"}}, {}, {}, True,
      ["audit.path: expected a file the gateway can append to", "found no folder"]),
     ("audit file", {"audit": {"path": "audit.jsonl"}}, {}, {}, False, []),
+    ("access log folder missing", {"access_log": {"path": "logs/access.jsonl"}}, {}, {}, True,
+     ["access_log.path: expected a file the gateway can append to", "found no folder"]),
+    ("forward-auth secret unset", {"forward_auth": {"trusted_proxies": ["10.0.0.0/8"],
+                                                    "secret_env": "FA_SECRET_UNSET"}},
+     {"FA_SECRET_UNSET": None}, {}, True,
+     ["forward_auth.secret_env: expected at least 24 characters in environment variable "
+      "FA_SECRET_UNSET, found it unset or empty"]),
     ("store lost", {}, {}, {"s.db.instance": "x\n"}, True,
      ["store: expected the store at", "stepgate store init"]),
     ("store not a database", {}, {}, {"s.db": "not sqlite " * 100}, True,
