@@ -23,6 +23,7 @@ from gateway.api.models import (
     TokenIssued,
 )
 from gateway.decision.tokens import Ticket
+from gateway.metrics import METRICS
 from gateway.problems import Problem, bad_request, code_reused, not_found, retry_later
 from gateway.store import ChallengeRecord
 
@@ -111,6 +112,7 @@ class Handshake:
             created_at=now, expires_at=now + ttl, ticket_expires_at=ticket.expires,
             code_hash=started.code_hash, sent_at=now if factor.delivers else None))
         await ctx.audit.emit("challenge_created", user=user, rule=rule.name, factor=name)
+        METRICS.challenge(name)
         doc: dict[str, Any] = {"challenge_id": cid, "factor": name, "expires_in": int(ttl),
                                "attempts_left": t.challenge_attempts,
                                "verify_uri": f"{ctx.prefix}/challenges/{cid}/verify"}
@@ -145,20 +147,27 @@ class Handshake:
         user = await user_of(ctx, request)
         reply = await parse(request, Answer)
         ch = await self._own_challenge(user, request.path_params["challenge_id"])
-        await ctx.regulator.check(user)
+        try:
+            await ctx.regulator.check(user)
+        except Problem:
+            METRICS.verification(ch.factor, "locked")
+            raise
         now = ctx.clock()
         state = self._state(ch)
         if state != "pending":
+            METRICS.verification(ch.factor, "gone")
             raise Problem("challenge-gone",
                           detail=f"the challenge is {state}; request a new one", state=state)
         ticket = ctx.signer.read_ticket(ch.ticket, now)
         rule = ctx.decider.requirement_rule(ticket.rule) if ticket else None
         if ticket is None or rule is None or rule.require is None:
+            METRICS.verification(ch.factor, "gone")
             raise Problem("challenge-gone",
                           detail="the challenge's ticket has expired; repeat the original request",
                           state="expired")
         factor = ctx.factors.get(ch.factor)
         if factor is None:  # the configuration no longer offers it
+            METRICS.verification(ch.factor, "gone")
             raise Problem("challenge-gone", detail="this factor is no longer offered",
                           state="expired")
         records = await ctx.store.factors(user)
@@ -168,8 +177,10 @@ class Handshake:
             # but is no evidence of guessing: no attempt spent, no failure counted.
             await ctx.audit.emit("code_reused", user=user, rule=rule.name, factor=ch.factor,
                                  factor_id=result.factor_id)
+            METRICS.verification(ch.factor, "reused")
             raise code_reused(ch.attempts_left)
         if not result.ok:
+            METRICS.verification(ch.factor, "wrong")
             left = await ctx.store.fail_challenge(ch.id)
             await ctx.regulator.failure(user, rule=rule.name, factor=ch.factor,
                                         challenge_left=left)
@@ -178,11 +189,13 @@ class Handshake:
                               state="failed", attempts_left=0)
             raise Problem("wrong-code", detail="the code is not valid", attempts_left=left)
         if not await ctx.store.verify_challenge(ch.id):
+            METRICS.verification(ch.factor, "gone")
             raise Problem("challenge-gone", detail="the challenge was already used", state="verified")
         await ctx.regulator.success(user)
         if result.factor_id is not None:
             await ctx.store.touch_factor(result.factor_id, now)
         await ctx.audit.emit("verified", user=user, rule=rule.name, factor=ch.factor)
+        METRICS.verification(ch.factor, "ok")
         req = rule.require
         factors: tuple[str, ...] = (ch.factor,)
         if req.all_of:

@@ -94,6 +94,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = checked.settings
     workers = args.workers or s.workers
     kw = _uvicorn_kwargs(s, args)
+    m = s.metrics.listen
+    if m is not None and m[1] == kw["port"] and (m[0] == kw["host"] or
+                                                 "0.0.0.0" in (m[0], kw["host"])):  # noqa: S104
+        report([f"--listen: expected another address than metrics.listen (metrics are never "
+                f"on the public port), found {kw['host']}:{kw['port']}"])
+        return USAGE
     log_to_stderr()
     app = create_app(s, keys=found.keys, serving=True)
     asyncio.run(check_store(s, args))  # migrations, and a store that does not answer

@@ -25,6 +25,7 @@ from gateway.decision.request import check_request, header, method_override
 from gateway.decision.tokens import Bound, Signer, Token, hostname, token_fits
 from gateway.decision.uses import TokenUses
 from gateway.factors.base import Factor
+from gateway.metrics import METRICS, NO_RULE
 from gateway.primitives import BoundedCache, iso8601
 from gateway.problems import Headers, Problem
 from gateway.proxy.headers import StrHeaders
@@ -131,6 +132,7 @@ class Decider:
         cp, rule, allowed = hit
         if allowed is not None:  # an allow decided before: the same decision
             self.audit.stamped(allowed[2])
+            METRICS.decision("allowed", rule.name if rule else None)
             return allowed[has_body]  # type: ignore[no-any-return]
         if value is not None and rule is not None and rule.require is not None and \
                 rule.require.binding == "session":
@@ -152,6 +154,7 @@ class Decider:
             else:
                 cp = canonicalize(v.raw_path, normalize=self.settings.normalize_paths)
                 if self._own(cp.decoded):
+                    METRICS.decision("own", NO_RULE)
                     return Decision("own", cp, has_body=has_body)
                 req = RequestView(v.method, cp.decoded, _host(raw_host), v.query, v.headers)
                 try:
@@ -160,6 +163,7 @@ class Decider:
                     if not v.body_seen:
                         await self.audit.emit("denied", reason="body not seen",
                                               method=v.method, path=cp.raw)
+                        METRICS.decision("denied", NO_RULE)
                         return Decision("deny", cp, problem=body_not_seen(
                             "a rule inspects this request's body, which this endpoint does "
                             "not receive; the gateway refuses rather than guess"))
@@ -171,10 +175,12 @@ class Decider:
                                 if action == "allow" else None)
             if action == "allow":
                 self.audit.forwarded("allowed", rule.name if rule else None, v.method, cp.raw)
+                METRICS.decision("allowed", rule.name if rule else None)
                 return Decision("allow", cp, rule, None, None, body, has_body)
             if rule is None or rule.require is None:
                 await self.audit.emit("denied", rule=rule.name if rule else None,
                                       method=v.method, path=cp.raw)
+                METRICS.decision("denied", rule.name if rule else None)
                 return Decision("deny", cp, rule, problem=Problem(
                     "forbidden", detail="the gateway's policy denies this request",
                     rule=rule.name if rule else None))
@@ -184,9 +190,12 @@ class Decider:
                     return fitted
             return await self._protect(v, cp, rule, body, has_body, value)
         except Problem as problem:
-            kind: Kind = "challenge" if problem.name == "second-factor-required" else "problem"
-            return Decision(kind, problem=problem)
+            if problem.name == "second-factor-required":  # counted where it was raised
+                return Decision("challenge", problem=problem)
+            METRICS.decision("refused", NO_RULE)
+            return Decision("problem", problem=problem)
         except StoreUnavailable:
+            METRICS.decision("refused", NO_RULE)
             return Decision("problem", problem=store_down())
 
     def _allowed(self, method: str, cp: CanonicalPath, rule: Rule | None
@@ -234,6 +243,7 @@ class Decider:
                 known.generation != gen[0]:
             return None
         self.audit.stamped(line + Audit.rest(v.method, cp.raw, "session"))
+        METRICS.decision("token", rule.name)
         return Decision("allow", cp, rule, evidence, None, body, has_body)
 
     async def _protect(self, v: View, cp: CanonicalPath, rule: Rule, body: bytes | None,
@@ -243,6 +253,7 @@ class Decider:
         if req.body == "required" and not v.body_seen:
             await self.audit.emit("denied", rule=rule.name, reason="body not seen",
                                   method=v.method, path=cp.raw)
+            METRICS.decision("denied", rule.name)
             return Decision("deny", cp, rule, problem=body_not_seen(
                 f"rule '{rule.name}' binds the request body (require.body: required), which "
                 "this endpoint does not receive"))
@@ -261,6 +272,7 @@ class Decider:
         if user is None:
             await self.audit.emit("challenged", rule=rule.name, reason="no identity",
                                   method=v.method, path=cp.raw)
+            METRICS.decision("challenged", rule.name)
             raise self.challenge(rule, "", bound, identity=True)
         now = self.clock()
         token: Token | None = None
@@ -274,19 +286,23 @@ class Decider:
             if reason is not None:
                 await self.audit.emit("token_rejected", user=user, rule=rule.name, reason=reason,
                                       method=v.method, path=cp.raw)
+                METRICS.decision("rejected", rule.name)
                 raise self.challenge(rule, user, bound, detail=reason)
         if token is None:
             if not await self.enrolled(user, req):
                 if req.unenrolled == "allow":
                     await self.audit.emit("allowed_unenrolled", user=user, rule=rule.name,
                                           method=v.method, path=cp.raw)
+                    METRICS.decision("unenrolled", rule.name)
                     return Decision("allow", cp, rule, self.evidence(user, rule.name, "none", None),
                                     None, body, has_body)
                 await self.audit.emit("denied_unenrolled", user=user, rule=rule.name,
                                       method=v.method, path=cp.raw)
+                METRICS.decision("denied", rule.name)
                 return Decision("deny", cp, rule, problem=self.not_enrolled(req))
             await self.audit.emit("challenged", user=user, rule=rule.name, method=v.method,
                                   path=cp.raw)
+            METRICS.decision("challenged", rule.name)
             raise self.challenge(rule, user, bound)
         evidence = self.evidence(user, rule.name, "+".join(token.factors), token.verified_at)
         if token.uses == 0:
@@ -294,6 +310,7 @@ class Decider:
                 self._fits.put((value, rule.name, user),
                                (token, evidence, Audit.head("token_used", rule.name, user)))
             self.audit.forwarded("token_used", rule.name, v.method, cp.raw, user, token.binding)
+            METRICS.decision("token", rule.name)
             return Decision("allow", cp, rule, evidence, None, body, has_body)
         result = await self.uses.reserve(token)
         if result == "busy":
@@ -302,8 +319,10 @@ class Decider:
         if result == "used":
             await self.audit.emit("token_rejected", user=user, rule=rule.name,
                                   reason="token already used", method=v.method, path=cp.raw)
+            METRICS.decision("rejected", rule.name)
             raise self.challenge(rule, user, bound, detail="token already used")
         self.audit.forwarded("token_used", rule.name, v.method, cp.raw, user, token.binding)
+        METRICS.decision("token", rule.name)
         return Decision("allow", cp, rule, evidence, token.jti, body, has_body)
 
     # ------------------------------------------------------------------ parts the handshake uses

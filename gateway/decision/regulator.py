@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from gateway.audit import Audit
 from gateway.config.settings import ThrottleSettings
+from gateway.metrics import METRICS
 from gateway.primitives import window_of
 from gateway.problems import Problem, retry_later
 from gateway.store import Store
@@ -45,9 +46,11 @@ class Regulator:
         """429 while the user is locked."""
         lock = await self.store.user_lock(user)
         if lock.hard:
+            METRICS.throttled("locked")
             raise locked(None)
         now = self.clock()
         if lock.locked_until > now:
+            METRICS.throttled("locked")
             raise locked(lock.locked_until - now)
 
     async def failure(self, user: str, **audit: object) -> None:
@@ -62,6 +65,7 @@ class Regulator:
         await self.store.lock_user(user, until, hard)
         self.on_lock(user)
         await self.audit.emit("locked", user=user, hard=hard, until=None if hard else round(until))
+        METRICS.lockout(hard)
         raise locked(None if hard else until - now)
 
     async def success(self, user: str) -> None:
@@ -72,6 +76,7 @@ class Regulator:
         t, now = self.t, self.clock()
         if await self.store.hit(f"challenges:{user}", t.challenge_window, now) > \
                 t.challenges_per_window:
+            METRICS.throttled("challenges")
             raise retry_later("too-many-challenges", window_of(now, t.challenge_window)[1] - now,
                               "too many challenges were requested for this account")
 
@@ -96,6 +101,7 @@ class Regulator:
         key, limit, what = self._sends(user, enrolment)
         if await self.store.hit(key, t.send_window, now) > limit:
             await self.store.hit(key, t.send_window, now, -1)
+            METRICS.throttled("enrolment_sends" if enrolment else "sends")
             raise retry_later("too-many-sends", window_of(now, t.send_window)[1] - now,
                               f"at most {limit} codes are sent {what}per "
                               f"{int(t.send_window // 60)} minutes")

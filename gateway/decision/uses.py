@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from gateway.decision.tokens import Token
+from gateway.metrics import METRICS
 from gateway.store import ReserveResult, Store, StoreUnavailable
 
 log = logging.getLogger("stepgate")
@@ -32,13 +33,18 @@ class TokenUses:
     async def reserve(self, token: Token) -> ReserveResult:
         """'ok', 'busy' (another request holds the last use) or 'used'; StoreUnavailable
         when the store cannot say (the caller answers 503 and forwards nothing)."""
-        return await self.store.reserve_use(token.jti, token.uses, token.expires, self.clock())
+        result = await self.store.reserve_use(token.jti, token.uses, token.expires, self.clock())
+        METRICS.reservation(result)
+        return result
 
     async def settle(self, jti: str, outcome: Outcome) -> None:
         try:
             if outcome in ("refused", "not_sent"):
                 await self.store.release_use(jti)
+                METRICS.settlement("released")
             else:
                 await self.store.commit_use(jti)
+                METRICS.settlement("committed")
         except StoreUnavailable:
+            METRICS.settlement("failed")
             log.error("could not settle a token use; it stays reserved until the token expires")

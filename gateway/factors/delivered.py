@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.config.settings import ChannelSettings
 from gateway.factors.delivery import Deliverer
 from gateway.keys import KeyRing
+from gateway.metrics import METRICS
 from gateway.primitives import same_secret
 from gateway.problems import Problem, bad_request
 from gateway.store import ChallengeRecord, FactorRecord, Store
@@ -117,7 +118,13 @@ class DeliveredFactor:
         return open_data(self.keys, record.data, "address", _aad(record.user, record.id))
 
     async def send(self, address: str, message: str) -> None:
-        await self.deliverer.send(address, message)
+        """Hand a message to the channel (DeliveryFailed when it does not take it)."""
+        try:
+            await self.deliverer.send(address, message)
+        except Exception:
+            METRICS.delivery(self.type, False)
+            raise
+        METRICS.delivery(self.type, True)
 
     def message(self, code: str) -> str:
         minutes = max(1, int(self.ch.ttl // 60))
@@ -142,7 +149,7 @@ class DeliveredFactor:
     async def send_code(self, record: FactorRecord, challenge_id: str) -> str:
         """Deliver a fresh code for ``challenge_id``; returns its hash (DeliveryFailed on error)."""
         code = new_code(self.ch.digits)
-        await self.deliverer.send(self.address_of(record), self.message(code))
+        await self.send(self.address_of(record), self.message(code))
         return code_hash(self.keys, challenge_id, code)
 
     async def start(self, user: str, records: list[FactorRecord], challenge_id: str) -> Started:

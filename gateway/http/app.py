@@ -187,6 +187,8 @@ class Gateway:
             self.audit.close()
             if self.access is not None:
                 self.access.close()
+            # uvicorn ends a stopped process by its signal: exit handlers do not run.
+            METRICS.flush()
             self._started = False
 
     # ------------------------------------------------------------------ ASGI

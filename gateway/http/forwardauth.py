@@ -35,6 +35,7 @@ from gateway.decision.decide import Decider, Decision, View
 from gateway.decision.uses import TokenUses
 from gateway.http.wire import Receive, Scope, Send, read_body, request_id, send_problem
 from gateway.keys import load_forward_secret
+from gateway.metrics import METRICS, NO_RULE
 from gateway.primitives import REQUEST_ID, BoundedCache, new_request_id
 from gateway.problems import Headers, Problem, bad_request
 
@@ -299,6 +300,7 @@ class ForwardAuth:
             await self.audit.emit("forward_auth_refused", endpoint=conv.name,
                                   peer=client[0] if client else None, reason=refusal)
             await send_problem(send, Problem("forward-auth-refused", detail=refusal))
+            METRICS.decision("refused", NO_RULE)
             return
         headers = scope["headers"]
 
@@ -308,6 +310,7 @@ class ForwardAuth:
             v = self._view(scope, conv, target, body)
         except Problem as problem:
             await send_problem(send, problem)
+            METRICS.decision("refused", NO_RULE)
             return
         await self.answer(send, conv, await self.decider.decide(v))
 

@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, Protocol
 
+from gateway.metrics import METRICS
 from gateway.problems import Headers, Problem
 from gateway.proxy.headers import StrHeaders
 
@@ -140,6 +141,7 @@ class _AiohttpResponse:
         try:
             return bytes(await self._resp.read())
         except (TimeoutError, aiohttp.ClientError) as exc:
+            METRICS.upstream_error("interrupted")
             raise ConnectionError("upstream body interrupted") from exc
 
     async def body(self) -> AsyncIterator[bytes]:
@@ -148,6 +150,7 @@ class _AiohttpResponse:
             async for chunk in self._resp.content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
+            METRICS.upstream_error("interrupted")
             raise ConnectionError("upstream body interrupted") from exc
 
     async def aclose(self) -> None:
@@ -270,9 +273,11 @@ class AiohttpForwarder:
             session = self._once
         slots = self._slots
         if not slots.take_now() and not await slots.take(self.pool_timeout):
+            METRICS.upstream_error("busy")
             raise upstream_busy()
         # encoded=True: forward the path byte for byte, no re-quoting (docs/configuration.md).
         url = self._URL(self.base_url + target, encoded=True)
+        started = METRICS.clock()
         try:
             resp = await session.request(method, url, headers=self._prepared(
                 [("Host", self._host), *headers]), data=body,
@@ -281,14 +286,19 @@ class AiohttpForwarder:
             slots.give()
             # Only a connection that could not be opened proves the request was not sent.
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                METRICS.upstream_error("timeout")
                 raise upstream_timeout(not_sent=True) from exc
             if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+                METRICS.upstream_error("timeout")
                 raise upstream_timeout() from exc
             if isinstance(exc, aiohttp.ClientConnectorError):
+                METRICS.upstream_error("connect")
                 raise upstream_unreachable(not_sent=True) from exc
             if isinstance(exc, (aiohttp.ClientError, OSError)):
+                METRICS.upstream_error("other")
                 raise upstream_unreachable() from exc
             raise
+        METRICS.upstream(started)
         return _AiohttpResponse(resp, slots)
 
     async def aclose(self) -> None:
@@ -319,6 +329,7 @@ class _HttpxResponse:
             async for chunk in self._resp.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
+            METRICS.upstream_error("interrupted")
             raise ConnectionError("upstream body interrupted") from exc
 
     async def aclose(self) -> None:
@@ -347,18 +358,25 @@ class HttpxForwarder:
         for name in ("accept", "accept-encoding", "user-agent", "connection"):
             if name not in sent and name in req.headers:
                 del req.headers[name]
+        started = METRICS.clock()
         try:
             resp = await self._client.send(req, stream=True)
         except httpx.PoolTimeout as exc:
+            METRICS.upstream_error("busy")
             raise upstream_busy() from exc
         except httpx.ConnectTimeout as exc:
+            METRICS.upstream_error("timeout")
             raise upstream_timeout(not_sent=True) from exc
         except httpx.TimeoutException as exc:
+            METRICS.upstream_error("timeout")
             raise upstream_timeout() from exc
         except httpx.ConnectError as exc:
+            METRICS.upstream_error("connect")
             raise upstream_unreachable(not_sent=True) from exc
         except httpx.HTTPError as exc:
+            METRICS.upstream_error("other")
             raise upstream_unreachable() from exc
+        METRICS.upstream(started)
         return _HttpxResponse(resp)
 
     async def aclose(self) -> None:

@@ -68,6 +68,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from gateway.metrics import METRICS
 from gateway.primitives import window_of
 
 from .base import ReserveResult, StoreUnavailable, UserLock
@@ -304,15 +305,19 @@ class RedisHotStore:
 
     async def ready(self) -> list[str]:
         try:
-            await self._call(lambda c: c.ping())
+            await self._call(lambda c: c.ping(), name="ping")
         except StoreUnavailable as exc:
             return [f"redis: does not answer ({exc})"]
         return []
 
-    async def _call(self, op: Callable[[aioredis.Redis], Awaitable[T]], repeat: bool = True) -> T:
+    async def _call(self, op: Callable[[aioredis.Redis], Awaitable[T]], repeat: bool = True,
+                    name: str = "call") -> T:
+        """``op`` within the timeout, its errors translated; ``name`` names it in the
+        metrics."""
         client = self.client
         if client is None:
             raise StoreUnavailable("redis store is not open")
+        started = METRICS.clock()
         try:
             async with asyncio.timeout(self.timeout):
                 try:
@@ -328,15 +333,19 @@ class RedisHotStore:
                         raise
                     return await op(client)
         except TimeoutError as exc:  # redis-py's TimeoutError is a RedisError, not this one
+            METRICS.store_error("redis", name, "timeout")
             raise StoreUnavailable("redis: timed out") from exc
         except (RedisError, OSError) as exc:
+            METRICS.store_error("redis", name, "error")
             raise StoreUnavailable(f"redis: {exc.__class__.__name__}") from exc
+        finally:
+            METRICS.store("redis", name, started)
 
     async def _script(self, name: str, keys: list[str], args: list[Any],
                       repeat: bool = True) -> Any:
         script = self._scripts.get(name)
         return await self._call(lambda c: script(keys, args, client=c),  # type: ignore[misc]
-                                repeat)
+                                repeat, name)
 
     async def _current_epoch(self) -> str:
         value = await self._script("epoch", [self._epoch_key],
@@ -405,7 +414,7 @@ class RedisHotStore:
 
     async def reset_failures(self, user: str) -> None:
         key = self._key("lock", user)
-        await self._call(lambda c: c.delete(key))
+        await self._call(lambda c: c.delete(key), name="reset_failures")
 
     async def unlock(self, user: str) -> None:
         await self.forget_user(user)

@@ -496,3 +496,14 @@ def test_text_that_is_not_utf8_is_located() -> None:
     Path("c.yaml").write_bytes(b"upstream: {url: http://x}\nrealm: caf\xc3\xa9 \xff\n")
     assert list(check_settings("c.yaml").errors) == [
         "c.yaml:2:13: expected UTF-8 text, found the byte 0xff"]
+
+
+@pytest.mark.parametrize("listen,metrics", [("127.0.0.1:8080", "127.0.0.1:8080"),
+                                            ("0.0.0.0:8080", "127.0.0.1:8080"),
+                                            ("127.0.0.1:8080", "0.0.0.0:8080")])
+def test_metrics_are_never_on_the_public_port(listen: str, metrics: str) -> None:
+    found = problems(CONFIG + f"listen: {listen}\nmetrics: {{listen: {metrics}}}\n")
+    assert [p for p in found if "metrics.listen" in p] == [
+        f"c.yaml:6: metrics.listen: expected another address than listen (metrics are never "
+        f"on the public port), found '{metrics}'"]
+    assert not problems(CONFIG + f"listen: {listen}\nmetrics: {{listen: 127.0.0.1:9108}}\n")

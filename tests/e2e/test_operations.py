@@ -53,7 +53,13 @@ def test_a_changed_policy_file_applies_within_two_seconds(
 
 def test_a_broken_policy_keeps_the_running_rules_and_reports_every_error(
         make_gateway: Callable[..., GatewayProcess]) -> None:
-    gw = make_gateway()
+    metrics = f"http://127.0.0.1:{free_port()}/metrics"
+    gw = make_gateway(metrics={"listen": metrics.split("/")[2]})
+
+    def reloaded_ok() -> str:
+        lines = httpx.get(metrics).text.splitlines()
+        return next(x for x in lines if x.startswith("stepgate_config_last_reload_success"))
+    assert reloaded_ok().endswith(" 1.0")
     assert status(gw, "/public/x") == 200
     broken = {"rules": [
         {"name": "public", "match": {"path": ["/public/**"]}, "action": "deny"},
@@ -66,9 +72,11 @@ def test_a_broken_policy_keeps_the_running_rules_and_reports_every_error(
     assert "unknown key 'path', did you mean 'paths'?" in out
     assert "unknown key 'actoin', did you mean 'action'?" in out
     assert status(gw, "/public/x") == 200  # still the old rules
+    until(lambda: reloaded_ok().endswith(" 0.0"), timeout=3)
     # Fixed: the next good reload applies.
     policy_file(gw).write_text(yaml.safe_dump(DENY_PUBLIC))
     until(lambda: status(gw, "/public/x") == 403, timeout=5)
+    until(lambda: reloaded_ok().endswith(" 1.0"), timeout=3)
 
 
 def test_sighup_reloads_the_configuration_and_names_what_needs_a_restart(

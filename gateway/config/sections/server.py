@@ -200,6 +200,12 @@ def _forward_auth(r: Reader, ctx: Loading) -> None:
 def _operations(r: Reader, ctx: Loading) -> None:
     values = read_group(r, "metrics", METRICS)
     if values is not None:
+        listen = values["listen"]
+        public = (ctx.values.get("listen_host"), ctx.values.get("listen_port"))
+        if listen is not None and listen[1] == public[1] and \
+                (listen[0] == public[0] or "0.0.0.0" in (listen[0], public[0])):  # noqa: S104
+            r.error("metrics.listen", "another address than listen (metrics are never on "
+                    "the public port)", f"{listen[0]}:{listen[1]}", line=r.line_of("metrics"))
         ctx.values["metrics"] = MetricsSettings(**values)
     values = read_group(r, "access_log", ACCESS_LOG)
     if values is not None:

@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
+from gateway.metrics import METRICS
+
 from ..base import StoreMissing, StoreUnavailable
 
 # Applied in order, each once, each recorded in schema_version. Never edit one that has
@@ -173,9 +175,11 @@ def guard(fn: Callable[Concatenate[S, Any, P], Awaitable[R]]
           ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
     """A method taking a connection after ``self`` becomes one run on a pooled connection
     within the store's timeout, its errors translated once, in ``Connection.run``."""
+    op = fn.__name__  # the operation's name in the metrics
+
     @functools.wraps(fn)
     async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self.run(lambda con: fn(self, con, *args, **kwargs))
+        return await self.run(lambda con: fn(self, con, *args, **kwargs), op)
     return wrapper
 
 
@@ -188,12 +192,15 @@ class Connection:
         self.pool: Any = None
         self.instance_id = ""
 
-    async def run(self, op: Callable[[Any], Awaitable[R]]) -> R:
+    async def run(self, op: Callable[[Any], Awaitable[R]], name: str = "query") -> R:
+        """``op`` on a pooled connection within the timeout; ``name`` names it in the
+        metrics."""
         pool = self.pool
         if pool is None:
             raise StoreUnavailable("store is not open")
         con: Any = None
         clean = False
+        started = METRICS.clock()
         try:
             async with asyncio.timeout(self.timeout):
                 con = await pool.acquire()
@@ -201,13 +208,17 @@ class Connection:
             clean = True
             return result
         except TimeoutError:
+            METRICS.store_error("postgresql", name, "timeout")
             raise StoreUnavailable("postgresql: timed out") from None
         except asyncpg.PostgresError as exc:
             clean = True  # the server answered: the connection is usable
+            METRICS.store_error("postgresql", name, "error")
             raise StoreUnavailable(f"postgresql: {exc.__class__.__name__}: {exc}") from exc
         except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            METRICS.store_error("postgresql", name, "error")
             raise StoreUnavailable(f"postgresql: {exc.__class__.__name__}: {exc}") from exc
         finally:
+            METRICS.store("postgresql", name, started)
             if con is not None:
                 await _give_back(pool, con, clean)
 
@@ -215,7 +226,7 @@ class Connection:
         """A real round trip: the store's id read back from the database."""
         try:
             found = await self.run(lambda con: con.fetchval(
-                "SELECT value FROM meta WHERE key = 'instance_id'"))
+                "SELECT value FROM meta WHERE key = 'instance_id'"), "ready")
         except StoreUnavailable as exc:
             return [f"store: PostgreSQL does not answer ({exc})"]
         if found != self.instance_id:
@@ -231,7 +242,7 @@ class Connection:
         if self.pool is None:
             self.pool = await self._connect()
         try:
-            self.instance_id = await self.run(lambda con: self._prepare(con, create))
+            self.instance_id = await self.run(lambda con: self._prepare(con, create), "open")
         except BaseException:
             await self.close()
             raise

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from gateway.metrics import METRICS
+
 from ..base import StoreMissing, StoreUnavailable
 
 # Applied in order, each once; a database records how many it has seen. Never edit one
@@ -89,6 +91,7 @@ def guard(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Run a synchronous SQLite call on the store's thread within its timeout; translate
     its errors once, here."""
     inner = _translated(fn)
+    op = fn.__name__  # the operation's name in the metrics
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -96,6 +99,7 @@ def guard(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
         if store.executor is None:
             raise StoreUnavailable("store is not open")
         loop = asyncio.get_running_loop()
+        started = METRICS.clock()
         future = loop.run_in_executor(store.executor, functools.partial(inner, *args, **kwargs))
         # One timer handle, not asyncio.wait_for (a task and callbacks per call: several
         # times dearer on the verify path); the thread itself is freed by busy_timeout.
@@ -109,10 +113,15 @@ def guard(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
             return await future
         except asyncio.CancelledError:
             if expired:
+                METRICS.store_error("sqlite", op, "timeout")
                 raise StoreUnavailable("sqlite: timed out") from None
+            raise
+        except StoreUnavailable:
+            METRICS.store_error("sqlite", op, "error")
             raise
         finally:
             timer.cancel()
+            METRICS.store("sqlite", op, started)
     return wrapper
 
 
