@@ -743,7 +743,13 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench")
+    if sys.argv[1:2] == ["soak"]:  # python -m bench soak --minutes N: bench/soak.py
+        from bench.soak import main as soak
+
+        soak(sys.argv[2:])
+        return
+    p = argparse.ArgumentParser(prog="python -m bench",
+                                epilog="python -m bench soak --help: the endurance run")
     p.add_argument("--seconds", type=float, default=4.0, help="per throughput run")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds, medians reported")
     p.add_argument("--connections", type=int, default=32)
