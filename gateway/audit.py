@@ -23,46 +23,68 @@ _STREAM_ONLY = frozenset({"allowed", "token_used"})
 FLUSH_EVERY = 1.0
 
 
-class Audit:
-    def __init__(self, path: str, store: Store | None, clock: Callable[[], float] = time.time,
-                 stream: IO[str] | None = None) -> None:
-        self.clock = clock
-        self.store = store
-        self._own = False
+class Lines:
+    """Lines for a file (appended to) or a stream, written at most once per FLUSH_EVERY
+    and when closed: the audit stream and the access log (http/access.py)."""
+
+    def __init__(self, path: str, stream: IO[str] | None = None) -> None:
+        self.own = False
         if stream is not None:
             self.out = stream
         elif path == "-":
             self.out = sys.stdout
         else:
             self.out = open(path, "a", encoding="utf-8")  # noqa: SIM115
-            self._own = True
-        self._pending: list[str] = []
-        self._ms = -1
-        self._stamp = ""
-        self._timer: asyncio.TimerHandle | None = None
-        self._kept: list[dict[str, Any]] = []
-        self._keeper: asyncio.Task[None] | None = None
+            self.own = True
+        self.pending: list[str] = []
+        self.timer: asyncio.TimerHandle | None = None
 
-    def _write(self, line: str) -> None:
-        self._pending.append(line)
-        if self._timer is None:
-            self._arm()
+    def write(self, line: str) -> None:
+        self.pending.append(line)
+        if self.timer is None:
+            self.arm()
 
-    def _arm(self) -> None:
-        if self._timer is None:
+    def arm(self) -> None:
+        if self.timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 self.flush()
                 return
-            self._timer = loop.call_later(FLUSH_EVERY, self.flush)
+            self.timer = loop.call_later(FLUSH_EVERY, self.flush)
 
     def flush(self) -> None:
-        self._timer = None
-        if self._pending:
-            self.out.write("".join(self._pending))
-            self._pending.clear()
+        self.timer = None
+        if self.pending:
+            self.out.write("".join(self.pending))
+            self.pending.clear()
             self.out.flush()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.flush()
+        if self.own:
+            self.out.close()
+
+
+class Audit:
+    def __init__(self, path: str, store: Store | None, clock: Callable[[], float] = time.time,
+                 stream: IO[str] | None = None) -> None:
+        self.clock = clock
+        self.store = store
+        self.lines = Lines(path, stream)
+        self.out = self.lines.out
+        self._ms = -1
+        self._stamp = ""
+        self._kept: list[dict[str, Any]] = []
+        self._keeper: asyncio.Task[None] | None = None
+
+    def _write(self, line: str) -> None:
+        self.lines.write(line)
+
+    def flush(self) -> None:
+        self.lines.flush()
 
     def forwarded(self, event: str, rule: str | None, method: str, path: str,
                   user: str | None = None, binding: str | None = None) -> None:
@@ -104,10 +126,11 @@ class Audit:
             self._stamp = f'{{"ts":{ms // 1000}.{ms % 1000:03d}'
         rid = REQUEST_ID.get()
         # Request ids are generated or checked against REQUEST_ID_SHAPE: no escaping.
-        self._pending.append(self._stamp + tail if rid is None else
+        lines = self.lines
+        lines.pending.append(self._stamp + tail if rid is None else
                              f'{self._stamp},"request_id":"{rid}"{tail}')
-        if self._timer is None:
-            self._arm()
+        if lines.timer is None:
+            lines.arm()
 
     async def emit(self, event: str, **fields: Any) -> None:
         doc = {"ts": round(self.clock(), 3), "event": event}
@@ -141,8 +164,4 @@ class Audit:
             await self._keeper
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.flush()
-        if self._own:
-            self.out.close()
+        self.lines.close()

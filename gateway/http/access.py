@@ -6,13 +6,12 @@ Lines are buffered and written once a second, like the audit stream's hot-path l
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
+from gateway.audit import Lines
 from gateway.http.wire import Scope, Send
 from gateway.primitives import REQUEST_ID
 
@@ -22,24 +21,16 @@ NOTE = "stepgate.note"
 UPSTREAM_MS = "stepgate.upstream_ms"
 _STATUS = "stepgate.status"
 _START = "stepgate.start"
-FLUSH_EVERY = 1.0
 
 
 class AccessLog:
-    def __init__(self, out: IO[str], own: bool, clock: Callable[[], float]) -> None:
-        self.out = out
-        self.own = own
+    def __init__(self, path: str, clock: Callable[[], float]) -> None:
+        self.lines = Lines(path)
         self.clock = clock
-        self._pending: list[str] = []
-        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def open(cls, path: str | None, clock: Callable[[], float]) -> AccessLog | None:
-        if path is None:
-            return None
-        if path == "-":
-            return cls(sys.stdout, False, clock)
-        return cls(open(path, "a", encoding="utf-8"), True, clock)  # noqa: SIM115
+        return None if path is None else cls(path, clock)
 
     def wrap(self, scope: Scope, send: Send) -> Send:
         """``send`` that notes the status the request is answered with."""
@@ -64,23 +55,10 @@ class AccessLog:
             doc["ingress"] = rule
         if UPSTREAM_MS in scope:
             doc["upstream_ms"] = scope[UPSTREAM_MS]
-        self._pending.append(json.dumps(doc, separators=(",", ":")) + "\n")
-        if self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
-            except RuntimeError:
-                self.flush()
+        self.lines.write(json.dumps(doc, separators=(",", ":")) + "\n")
 
     def flush(self) -> None:
-        self._timer = None
-        if self._pending:
-            self.out.write("".join(self._pending))
-            self._pending.clear()
-            self.out.flush()
+        self.lines.flush()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.flush()
-        if self.own:
-            self.out.close()
+        self.lines.close()

@@ -21,7 +21,7 @@ from gateway.client import StepgateAuth
 from ..conftest import PASSWORD, GatewayProcess, Upstream, basic
 from ..rawhttp import get, request
 from ..servers import CaddyIngress, NginxIngress, _Server
-from ..totp_ref import Device
+from .test_client import enrol_totp as enrol
 from .test_proxy import PATH_TABLE
 
 pytestmark = pytest.mark.e2e
@@ -55,15 +55,6 @@ def headers_of(record: dict[str, Any]) -> dict[str, list[str]]:
     for k, v in record["headers"]:
         out.setdefault(k.lower(), []).append(v)
     return out
-
-
-def enrol(gw: GatewayProcess, user: str) -> Device:
-    with httpx.Client(base_url=gw.url, headers=basic(user)) as c:
-        doc = c.post(f"{P}/factors/totp", json={}).json()
-        device = Device(doc["secret"])
-        assert c.post(f"{P}/factors/{doc['id']}/confirm",
-                      json={"code": device.code()}).status_code == 200
-    return device
 
 
 def test_allowed_is_forwarded_with_the_target_unchanged(ingress: _Server,
