@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -764,12 +765,16 @@ def main() -> None:
                         "Redis from tests/servers.py); the allowed and session routes run on "
                         "the first")
     args = p.parse_args()
-    results = run(args)
+    write_results(run(args), report, Path(args.out))
+
+
+def write_results(results: dict[str, Any], report: Callable[[dict[str, Any]], str],
+                  out: Path, suffix: str = "") -> None:
+    """Print a run's report and keep its figures as bench/results/<time><suffix>.json."""
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(report(results))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{results['when'].replace(':', '')}.json"
+    path = out / f"{results['when'].replace(':', '')}{suffix}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {path}")
 

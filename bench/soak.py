@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -51,6 +50,7 @@ from bench.__main__ import (
     tree_cpu_seconds,
     upstream_server,
     wait_port,
+    write_results,
     wrk,
 )
 
@@ -575,11 +575,4 @@ def report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     args = parse(argv)
-    results = run(args)
-    results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print(report(results))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{results['when'].replace(':', '')}-soak.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    write_results(run(args), report, Path(args.out), "-soak")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import itertools
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Generic, TypeVar
 
@@ -65,6 +67,37 @@ class BoundedCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+class Networks:
+    """Peer addresses inside a list of networks (trusted proxies, forward-auth callers),
+    answered from a bounded cache. An IPv4 peer of a dual-stack listener, reported as
+    ::ffff:a.b.c.d, is judged as its IPv4 address."""
+
+    __slots__ = ("nets", "_seen")
+
+    def __init__(self, nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self.nets = tuple(nets)
+        self._seen: BoundedCache[str, bool] = BoundedCache(10000)
+
+    def __bool__(self) -> bool:
+        return bool(self.nets)
+
+    def __contains__(self, peer: str | None) -> bool:
+        if not peer or not self.nets:
+            return False
+        hit = self._seen.data.get(peer)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(peer)
+            except ValueError:
+                hit = False
+            else:
+                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                hit = any(addr in net for net in self.nets)
+            self._seen.put(peer, hit)
+        return hit
 
 
 # The id of the request being served, set where a request enters (http/app.py, the

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import segno
 
-from gateway.cli.terminal import NoAnswer, Terminal, UsageError, complain, credentials
+from gateway.cli.terminal import NoAnswer, Terminal, UsageError, check_url, complain, credentials
 from gateway.client import SecondFactorError, StepgateAuth
 from gateway.client._errors import describe, problem_of
 from gateway.client._flow import retry_after, same_origin
@@ -30,12 +30,7 @@ def terminal_qr(uri: str) -> str:
 
 
 def gateway_url(url: str, prefix: str) -> tuple[httpx.URL, str]:
-    try:
-        base = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise UsageError(f"not a URL: {url!r} ({exc})") from None
-    if base.scheme not in ("http", "https") or not base.host:
-        raise UsageError(f"--url expects http://host[:port] or https://..., not {url!r}")
+    base = check_url(url, "--url expects http://host[:port] or https://...")
     if not prefix.startswith("/") or prefix.endswith("/") and prefix != "/":
         raise UsageError(f"--prefix expects a path like /.stepgate, not {prefix!r}")
     return base, prefix.rstrip("/")

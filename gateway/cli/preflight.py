@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,17 +41,10 @@ def _keys(out: Preflight, where: str, s: Settings, keys_file: Path | None) -> No
         out.hints += key_hints(exc, s.source)
 
 
-def _admin_key(where: str, s: Settings) -> list[str]:
+def _secret(where: str, s: Settings, load: Callable[[Settings], bytes | None]) -> list[str]:
+    """The admin key or the forward-auth secret, read as the gateway reads it at start."""
     try:
-        load_admin_key(s)
-    except AdminKeyError as exc:
-        return [f"{where}: {exc}"]
-    return []
-
-
-def _forward_secret(where: str, s: Settings) -> list[str]:
-    try:
-        load_forward_secret(s)
+        load(s)
     except AdminKeyError as exc:
         return [f"{where}: {exc}"]
     return []
@@ -161,9 +155,9 @@ def preflight(checked: CheckedConfig, keys_file: Path | None = None) -> Prefligh
     if "keys" in ok or keys_file is not None:
         _keys(out, where, s, keys_file)
     if "admin" in ok:
-        out.problems += _admin_key(where, s)
+        out.problems += _secret(where, s, load_admin_key)
     if "forward_auth" in ok:
-        out.problems += _forward_secret(where, s)
+        out.problems += _secret(where, s, load_forward_secret)
     if "audit" in ok:
         out.problems += _audit(where, s.audit_path)
     if "operations" in ok and s.access_log.path is not None:

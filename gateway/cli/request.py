@@ -10,7 +10,7 @@ import sys
 import httpx
 
 from gateway.cli.enrol import cmd_enrol
-from gateway.cli.terminal import NoAnswer, Terminal, UsageError, add_common, complain, credentials
+from gateway.cli.terminal import NoAnswer, Terminal, UsageError, add_common, check_url, complain, credentials
 from gateway.client import SecondFactorError, StepgateAuth
 from gateway.client._errors import problem_of
 
@@ -53,16 +53,6 @@ def body_of(args: argparse.Namespace) -> tuple[bytes | None, str | None]:
     return None, None
 
 
-def check_url(url: str) -> httpx.URL:
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise UsageError(f"not a URL: {url!r} ({exc})") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise UsageError(f"expected an http:// or https:// URL, not {url!r}")
-    return parsed
-
-
 def failure(response: httpx.Response) -> str:
     """One line for an answer that is not a success: the status, and the problem's title and
     detail when the answer is a problem document."""
@@ -74,7 +64,7 @@ def failure(response: httpx.Response) -> str:
 
 def cmd_request(args: argparse.Namespace) -> int:
     try:
-        url = check_url(args.url)
+        url = check_url(args.url, "expected an http:// or https:// URL")
         headers = headers_of(args.header)
         body, content_type = body_of(args)
         term = Terminal(stdin_free=not any(v == "@-" for v in (args.data, args.json)))

@@ -9,6 +9,8 @@ import getpass
 import sys
 from typing import TextIO
 
+import httpx
+
 from gateway.client import RESEND, CodePrompt, Pause
 from gateway.client._prompt import _Resend
 
@@ -78,6 +80,17 @@ class Terminal:
 
 class UsageError(Exception):
     """A command line that cannot be run as written (exit status 2)."""
+
+
+def check_url(url: str, expected: str) -> httpx.URL:
+    """An http(s) URL with a host, or UsageError saying ``expected, not <url>``."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"not a URL: {url!r} ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UsageError(f"{expected}, not {url!r}")
+    return parsed
 
 
 def split_user(value: str | None) -> tuple[str, str | None] | None:

@@ -80,17 +80,10 @@ class StepgateAuth(httpx.Auth):
             elif isinstance(step, Read):
                 step.response.read()
             elif isinstance(step, Ask):
-                result = self.code(step.prompt.factor, step.prompt)
-                if inspect.isawaitable(result):
-                    if inspect.iscoroutine(result):
-                        result.close()
-                    raise TypeError("an async code callback needs httpx.AsyncClient")
+                result = _not_awaitable(self.code(step.prompt.factor, step.prompt),
+                                        "an async code callback")
             else:
-                waited = self.on_wait(step)
-                if inspect.isawaitable(waited):
-                    if inspect.iscoroutine(waited):
-                        waited.close()
-                    raise TypeError("an async on_wait hook needs httpx.AsyncClient")
+                _not_awaitable(self.on_wait(step), "an async on_wait hook")
                 time.sleep(step.seconds)
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
@@ -118,3 +111,12 @@ class StepgateAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         return self.sync_auth_flow(request)
+
+
+def _not_awaitable(value: Any, what: str) -> Any:
+    """A sync client cannot wait for a callback's coroutine: closed, and refused."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        raise TypeError(f"{what} needs httpx.AsyncClient")
+    return value

@@ -239,8 +239,7 @@ class Gateway:
         client = scope.get("client")
         peer = client[0] if client else None
         hp = parts.headers
-        REQUEST_ID.set(request_id(headers) if hp.trusted and hp.is_trusted(peer)
-                       else new_request_id())
+        REQUEST_ID.set(request_id(headers) if peer in hp.trusted else new_request_id())
         raw_path = scope.get("raw_path") or scope["path"].encode()
         if raw_path.startswith(parts.auth_prefix):
             endpoint = parts.forward_auth.route(raw_path)

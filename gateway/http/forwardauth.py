@@ -23,7 +23,6 @@ malformed or ambiguous original request, 503 when the store cannot answer).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from gateway.decision.uses import TokenUses
 from gateway.http.wire import Receive, Scope, Send, read_body, request_id, send_problem
 from gateway.keys import load_forward_secret
 from gateway.metrics import METRICS, NO_RULE
-from gateway.primitives import REQUEST_ID, BoundedCache, new_request_id
+from gateway.primitives import REQUEST_ID, Networks, new_request_id
 from gateway.problems import Headers, Problem, bad_request
 
 SECRET_HEADER = b"x-stepgate-auth-secret"
@@ -122,8 +121,7 @@ def read_original(conv: Convention, method: str, target: bytes, query: bytes,
             continue
         if k == SECRET_HEADER:
             continue
-        if 0x5F in k and (k.replace(b"_", b"-") in guarded or
-                          k.replace(b"_", b"-") in carried):
+        if 0x5F in k and ((n := k.replace(b"_", b"-")) in guarded or n in carried):
             raise _refuse(f"the request carries {k.decode('latin-1')!r}, an '_' spelling of a "
                           "header the gateway reads; an upstream could read it as that header")
         if k in FRAMING:
@@ -200,7 +198,7 @@ class ForwardAuth:
         self.ids_trusted = ids_trusted
         self.uses = uses
         self.audit = audit
-        self.trusted = settings.forward_auth.trusted_proxies
+        self.trusted = Networks(settings.forward_auth.trusted_proxies)
         self.secret = load_forward_secret(settings)
         base = settings.prefix.encode() + b"/auth/"
         self.prefix = base
@@ -215,7 +213,6 @@ class ForwardAuth:
         # An allow without evidence (an allowed route) answers these, built once.
         self._empty: Headers = [(n, b"") for n in self.evidence_names] + \
             [(b"content-length", b"0")]
-        self._peers: BoundedCache[str, bool] = BoundedCache(10000)
         self._empty_raw = _OK + b"".join(k + b": " + v + b"\r\n" for k, v in self._empty)
 
     def route(self, raw_path: bytes) -> tuple[Convention, bytes] | None:
@@ -228,22 +225,6 @@ class ForwardAuth:
             return ENVOY, raw_path[len(self.envoy) - 1:]
         return None
 
-    def _trusted(self, client: str | None) -> bool:
-        if not client or not self.trusted:
-            return False
-        hit = self._peers.data.get(client)
-        if hit is None:
-            try:
-                addr = ipaddress.ip_address(client)
-            except ValueError:
-                hit = False
-            else:
-                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                    addr = addr.ipv4_mapped
-                hit = any(addr in net for net in self.trusted)
-            self._peers.put(client, hit)
-        return hit
-
     def _secret_ok(self, headers: list[tuple[bytes, bytes]]) -> bool:
         assert self.secret is not None
         given = [v for k, v in headers if k == SECRET_HEADER]
@@ -252,7 +233,7 @@ class ForwardAuth:
     def _refusal(self, scope: Scope) -> str | None:
         """Why the caller may not ask (audited, 403), or None."""
         client = scope.get("client")
-        if not self._trusted(client[0] if client else None):
+        if (client[0] if client else None) not in self.trusted:
             return ("forward-auth endpoints answer only the peers in "
                     "forward_auth.trusted_proxies" if self.trusted else
                     "forward-auth is off (forward_auth.trusted_proxies is empty)")

@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway.config.settings import ClientLimits
+from gateway.primitives import Networks
 from gateway.problems import Problem
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -79,21 +80,12 @@ def _limits_of(app: Any) -> tuple[ClientLimits, Sequence[Network], Quick | None]
     return ClientLimits(), (), None
 
 
-def _exempt(host: str, trusted: Sequence[Network]) -> bool:
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped  # a dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d
-    return any(addr in net for net in trusted)
-
-
 class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        limits, self._trusted, self._quick = _limits_of(self.app)
+        limits, trusted, self._quick = _limits_of(self.app)
+        self._trusted = Networks(trusted)
         # A timeout of 0 means no limit, like connections_per_client: 0.
         self._head_timeout = limits.header_timeout
         self._body_timeout = limits.body_timeout
@@ -113,8 +105,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         host = self.client[0] if self.client else None
-        if self._cap and host is not None and not (self._trusted and
-                                                   _exempt(host, self._trusted)):
+        if self._cap and host is not None and host not in self._trusted:
             n = self._open.get(host, 0)
             if n >= self._cap:
                 self.logger.debug("%s: too many connections", host)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from gateway.primitives import BoundedCache
+from gateway.primitives import Networks
 from gateway.problems import Headers
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus Proxy-Connection which old clients still send.
@@ -53,21 +53,10 @@ class HeaderPolicy:
                                                               ipaddress.IPv6Network]) -> None:
         self.own = own_header_names(own)
         self.own_norm = frozenset(_normalised(n) for n in self.own)
-        self.trusted = tuple(trusted)
-        self._trust_cache: BoundedCache[str, bool] = BoundedCache(10000)
+        self.trusted = Networks(trusted)
 
     def is_trusted(self, client: str | None) -> bool:
-        if not client or not self.trusted:
-            return False
-        hit = self._trust_cache.get(client)
-        if hit is None:
-            try:
-                addr = ipaddress.ip_address(client)
-                hit = any(addr in net for net in self.trusted)
-            except ValueError:
-                hit = False
-            self._trust_cache.put(client, hit)
-        return hit
+        return client in self.trusted
 
     def request(self, headers: Iterable[tuple[bytes, bytes]], *, client: str | None,
                 scheme: str, extra: Iterable[tuple[str, str]],
@@ -78,7 +67,7 @@ class HeaderPolicy:
         names, are removed first; only then are ours appended (docs/configuration.md), so a client
         cannot make the gateway drop its own evidence headers.
         """
-        trusted = bool(self.trusted) and self.is_trusted(client)
+        trusted = client in self.trusted
         own, own_norm = self.own, self.own_norm
         out: StrHeaders = []
         named: bytes | None = None
